@@ -1,0 +1,121 @@
+"""Checkpoints: safetensors files carrying the model config in their metadata. Nothing is unpickled."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .arasfsr import ARASFSR
+from .config import resolve_config
+
+FORMAT = "arasfsr-checkpoint"
+MAX_HEADER = 100 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded: not safetensors, truncated, or not matching its config."""
+
+
+def build_model(cfg: dict) -> ARASFSR:
+    """Build a model from the parsed YAML of configs/model/*.yaml (missing keys take defaults)."""
+    return ARASFSR(resolve_config(cfg))
+
+
+def save_checkpoint(model: ARASFSR, path: str | Path, **metadata) -> Path:
+    """Write the model's tensors and config (plus JSON-serialisable `metadata`) to a safetensors file.
+
+    Written to a temporary name and renamed, so an interrupted save never leaves a half-written file.
+
+    Example:
+        >>> save_checkpoint(model, "runs/x/last.safetensors", step=1000, psnr=31.2)  # doctest: +SKIP
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"format": FORMAT, "config": json.dumps(model.config), "metadata": json.dumps(metadata)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_header(path: Path) -> dict:
+    """Check that `path` is a complete safetensors file before handing it to the loader."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: no such file")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise CheckpointError(f"checkpoint {path} is a pickle/PyTorch file, not safetensors; "
+                                  "refusing to unpickle it (convert it with save_checkpoint)")
+        if len(head) < 8:
+            raise CheckpointError(f"checkpoint {path} is not a safetensors file (only {size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER or n > size - 8:
+            raise CheckpointError(f"checkpoint {path} is not a safetensors file or is truncated (bad header length)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise CheckpointError(f"checkpoint {path} is not a safetensors file (unreadable header)") from None
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(f"checkpoint {path} is truncated: {size} bytes, {8 + n + end} expected")
+    return header.get("__metadata__") or {}
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The model config and training metadata stored in a checkpoint, without loading tensors."""
+    meta = _read_header(Path(path))
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(f"checkpoint {path} has no model config in its metadata (not written by save_checkpoint)")
+    return {"config": json.loads(meta["config"]), "metadata": json.loads(meta.get("metadata", "{}"))}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(path: str | Path, device: str | torch.device = "auto") -> ARASFSR:
+    """Rebuild a model from a checkpoint file alone, in eval mode on `device` ("auto": CUDA if available).
+
+    The stored metadata is available as `model.metadata`.
+
+    Example:
+        >>> model = load_model("models/weights/arasfsr_cctv.safetensors")  # doctest: +SKIP
+        >>> sr = model.upscale(lr, (112, 112))  # doctest: +SKIP
+    """
+    path = Path(path)
+    info = read_metadata(path)
+    try:
+        model = build_model(info["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or mismatched:
+        parts = [f"{label} {len(keys)} (e.g. {keys[0]})" for label, keys in
+                 (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)) if keys]
+        raise CheckpointError(f"checkpoint {path}: tensors do not match its config: {'; '.join(parts)}")
+    model.load_state_dict(tensors)
+    model.metadata = info["metadata"]
+    return model.to(resolve_device(device)).eval()

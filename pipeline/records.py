@@ -1,0 +1,86 @@
+"""Typed records passed between pipeline stages (see DESIGN.md, "Records").
+
+Each stage takes the previous stage's records and returns its own; all image data is numpy.
+
+Example:
+    >>> import numpy as np
+    >>> f = Frame(index=0, pts_time=0.0, image=np.zeros((4, 4, 3), np.uint8), source_id="demo")
+    >>> f.image.shape
+    (4, 4, 3)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    """One decoded frame. `image` is H x W x 3 uint8 BGR; `pts_time` may be None (first RTSP frame)."""
+
+    index: int
+    pts_time: float | None
+    image: np.ndarray
+    source_id: str = ""
+
+
+@dataclass
+class Detection:
+    """A face: box xyxy in frame pixels, score in [0, 1], landmarks 5 x 2
+    (left eye, right eye, nose, mouth left, mouth right; "left" = image left)."""
+
+    box: np.ndarray
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def size(self) -> float:
+        """Face size in pixels: the longer side of the box."""
+        return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1]))
+
+
+class TrackState(str, Enum):
+    TENTATIVE = "tentative"
+    CONFIRMED = "confirmed"
+    LOST = "lost"
+
+
+@dataclass
+class TrackUpdate:
+    """A track's state at one frame. `detection` is the detection matched in this frame
+    (None when the track was only predicted)."""
+
+    track_id: int
+    frame_index: int
+    detection: Detection | None
+    state: TrackState
+    box: np.ndarray | None = None  # the tracker's (filtered) box, xyxy
+
+
+@dataclass
+class AlignedFace:
+    """An aligned LR face in canonical framing at its native resolution.
+
+    `transform` is the 2 x 3 similarity matrix mapping frame pixels to crop pixels."""
+
+    track_id: int
+    frame_index: int
+    crop: np.ndarray  # h x w x 3 uint8 BGR
+    transform: np.ndarray
+    crop_size: int
+    quality: float
+    detection: Detection
+    pts_time: float | None = None
+
+
+@dataclass
+class EnhancedFace:
+    """An aligned face plus its super-resolved image at the configured output size."""
+
+    face: AlignedFace
+    sr: np.ndarray  # S x S x 3 uint8 BGR
+    scale: float
+    method: str = "arasfsr"
+    extras: dict = field(default_factory=dict)

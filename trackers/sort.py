@@ -1,0 +1,335 @@
+"""SORT / BYTE-style multi-face tracker (Kalman filter + Hungarian assignment on IoU).
+
+Written for this project from the published ideas (SORT: Bewley et al. 2016; ByteTrack: Zhang
+et al. 2022); no code was taken from either project.
+
+How one detection frame is processed (`update(frame_index, detections)`):
+
+1. every live track is predicted forward to `frame_index` (one Kalman step per video frame);
+2. detections are split by score: high (>= high_thresh), low (low_thresh <= score < high_thresh),
+   the rest are dropped;
+3. pass 1: Hungarian assignment of high detections to all live tracks on IoU (>= iou_threshold);
+   then a rescue round for what is left, on *buffered* IoU (both boxes widened by
+   `buffer` x their size on each side, the C-BIoU idea): a newborn track has no velocity yet, and
+   with the detector on every k-th frame a face walking across the image moves by a large part
+   of its own width between detections, so plain IoU would drop to 0 and spawn a new id;
+4. pass 2 (BYTE): low detections are assigned to the *confirmed* tracks left over from pass 1
+   (>= low_iou_threshold). Low scores mostly come from blurred / occluded / turned faces of
+   people we already follow, so they may keep a track alive but never start one;
+5. high detections still unmatched start new TENTATIVE tracks;
+6. unmatched tentative tracks are deleted at once (a one-frame blip is not a face track);
+   unmatched confirmed tracks become LOST and are deleted after `max_age` detection frames.
+
+Frames on which the detector did not run go through `predict(frame_index)` (same as
+`update(frame_index, None)`): tracks coast on their Kalman prediction, nothing is matched,
+created or deleted for lack of a match. An empty list, `update(i, [])`, is different: it means
+"the detector ran and saw nothing", so every track takes a miss.
+
+Units: `min_hits` counts matched detection frames and `max_age` counts detection frames, so one
+config works for any detector stride; internally a track is deleted after
+`max_age * stride` video frames without a match.
+
+Example:
+    >>> import numpy as np
+    >>> from pipeline.records import Detection, TrackState
+    >>> trk = SortTracker(TrackerConfig(min_hits=2, stride=2))
+    >>> def face(x):
+    ...     return Detection(np.array([x, 50.0, x + 40, 100.0]), 0.99, np.zeros((5, 2)))
+    >>> [u.state.value for u in trk.update(0, [face(10.0)])]
+    ['tentative']
+    >>> [u.detection is None for u in trk.predict(1)]
+    [True]
+    >>> [(u.track_id, u.state.value) for u in trk.update(2, [face(14.0)])]
+    [(1, 'confirmed')]
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from filterpy.kalman import KalmanFilter
+from scipy.optimize import linear_sum_assignment
+
+from pipeline.errors import ConfigError
+from pipeline.records import Detection, TrackState, TrackUpdate
+
+log = logging.getLogger(__name__)
+
+MIN_SIDE = 1.0  # px; boxes are widened to at least this so area and aspect stay finite
+_NO_MATCH = 1e6  # Hungarian cost of a pair below the IoU threshold
+
+
+@dataclass
+class TrackerConfig:
+    """Tracker settings.
+
+    iou_threshold: min IoU for the first (high-score) pass.
+    buffer: box widening per side (fraction of its size) for the buffered-IoU rescue round.
+    low_iou_threshold: min IoU for the BYTE pass; stricter, because low-score boxes are less
+        reliable and should only be taken when they sit where a track is expected.
+    high_thresh / low_thresh: MTCNN's O-Net keeps faces >= 0.7 and real, clear faces score
+        >= 0.95 almost always, so 0.95 starts tracks and 0.7..0.95 only sustains them.
+    min_hits: consecutive matched detection frames before a track is CONFIRMED.
+    max_age: detection frames a confirmed track may go unmatched before it is deleted.
+    stride: the detector runs on every `stride`-th video frame.
+    """
+
+    iou_threshold: float = 0.3
+    buffer: float = 0.5
+    low_iou_threshold: float = 0.5
+    high_thresh: float = 0.95
+    low_thresh: float = 0.7
+    min_hits: int = 3
+    max_age: int = 30
+    stride: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.iou_threshold <= 1.0 or not 0.0 < self.low_iou_threshold <= 1.0:
+            raise ConfigError("tracker: iou thresholds must be in (0, 1]")
+        if not 0.0 <= self.low_thresh <= self.high_thresh <= 1.0:
+            raise ConfigError("tracker: need 0 <= low_thresh <= high_thresh <= 1")
+        if self.buffer < 0:
+            raise ConfigError("tracker: buffer must be >= 0")
+        if self.min_hits < 1 or self.max_age < 1 or self.stride < 1:
+            raise ConfigError("tracker: min_hits, max_age and stride must be >= 1")
+
+    @property
+    def max_age_frames(self) -> int:
+        """`max_age` in video frames."""
+        return self.max_age * self.stride
+
+
+def _sanitize(box: np.ndarray) -> np.ndarray:
+    """xyxy float box with each side >= MIN_SIDE (kept centred), so IoU/area/aspect are finite."""
+    x1, y1, x2, y2 = (float(v) for v in box[:4])
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    w, h = max(abs(x2 - x1), MIN_SIDE), max(abs(y2 - y1), MIN_SIDE)
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def _box_to_z(box: np.ndarray) -> np.ndarray:
+    """xyxy -> measurement [cx, cy, area, aspect w/h] (column vector)."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    return np.array([[(box[0] + box[2]) / 2], [(box[1] + box[3]) / 2], [w * h], [w / h]])
+
+
+def _x_to_box(x: np.ndarray) -> np.ndarray:
+    """Kalman state -> xyxy, with area and aspect clamped positive."""
+    s = max(float(x[2, 0]), MIN_SIDE * MIN_SIDE)
+    r = min(max(float(x[3, 0]), 0.1), 10.0)  # faces are never 10x wider than tall
+    w = np.sqrt(s * r)
+    h = s / w
+    cx, cy = float(x[0, 0]), float(x[1, 0])
+    return np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+
+
+def _widen(boxes: np.ndarray, buffer: float) -> np.ndarray:
+    """Boxes (N x 4) grown by `buffer` x width / height on each side."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    pad = np.stack([-w, -h, w, h], axis=1) * buffer
+    return boxes + pad
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of boxes a (N x 4) and b (M x 4), xyxy -> N x M; 0 where undefined."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    a, b = a[:, None, :], b[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area = lambda t: (t[..., 2] - t[..., 0]) * (t[..., 3] - t[..., 1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _assign(cost_iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
+    """Max-IoU one-to-one assignment, keeping only pairs with IoU >= threshold.
+
+    Pairs below the threshold get a huge cost *before* solving, so the solver first maximises
+    the number of acceptable pairs instead of trading one good pair for two poor ones."""
+    if cost_iou.size == 0:
+        return []
+    cost = np.where(cost_iou >= threshold, 1.0 - cost_iou, _NO_MATCH)
+    rows, cols = linear_sum_assignment(cost)
+    return [(r, c) for r, c in zip(rows, cols) if cost_iou[r, c] >= threshold]
+
+
+class _Track:
+    """One face track: a 7-state constant-velocity Kalman filter on [cx, cy, s, r, vx, vy, vs].
+
+    Noise is set relative to the face size each step (a 20 px and a 200 px face jitter by the
+    same fraction of their size, not by the same number of pixels)."""
+
+    def __init__(self, track_id: int, det: Detection, box: np.ndarray):
+        kf = KalmanFilter(dim_x=7, dim_z=4)
+        kf.F = np.eye(7)
+        kf.F[0, 4] = kf.F[1, 5] = kf.F[2, 6] = 1.0  # dt = one video frame
+        kf.H = np.eye(4, 7)
+        kf.x[:4] = _box_to_z(box)
+        side = self._side(kf.x)
+        s = float(kf.x[2, 0])
+        # Position/size are measured; velocities are unknown at birth, hence the wide prior.
+        kf.P = np.diag([(0.1 * side) ** 2, (0.1 * side) ** 2, (0.2 * s) ** 2, 0.1 ** 2,
+                        (0.5 * side) ** 2, (0.5 * side) ** 2, (0.2 * s) ** 2])
+        self.kf = kf
+        self.track_id = track_id
+        self.hits = 1  # consecutive matched detection frames
+        self.confirmed = False
+        self.frames_since_update = 0  # video frames
+        self.missed = False  # unmatched on the latest detection frame
+        self.detection: Detection | None = det
+
+    @staticmethod
+    def _side(x: np.ndarray) -> float:
+        return float(np.sqrt(max(float(x[2, 0]), MIN_SIDE * MIN_SIDE)))
+
+    def predict(self, steps: int) -> None:
+        for _ in range(steps):
+            x = self.kf.x
+            if x[2, 0] + x[6, 0] <= MIN_SIDE * MIN_SIDE:  # shrinking through zero area: stop
+                x[6, 0] = 0.0
+            side, s = self._side(x), max(float(x[2, 0]), 1.0)
+            q = np.diag([(0.02 * side) ** 2, (0.02 * side) ** 2, (0.02 * s) ** 2, 1e-4,
+                         (0.01 * side) ** 2, (0.01 * side) ** 2, (0.01 * s) ** 2])
+            self.kf.predict(Q=q)
+        self.frames_since_update += steps
+        self.detection = None
+
+    def correct(self, det: Detection, box: np.ndarray) -> None:
+        z = _box_to_z(box)
+        side, s = self._side(z), float(z[2, 0])
+        r = np.diag([(0.05 * side) ** 2, (0.05 * side) ** 2, (0.1 * s) ** 2, 0.05 ** 2])
+        self.kf.update(z, R=r)
+        self.hits += 1
+        self.frames_since_update = 0
+        self.missed = False
+        self.detection = det
+
+    @property
+    def box(self) -> np.ndarray:
+        return _x_to_box(self.kf.x)
+
+
+class SortTracker:
+    """Multi-face tracker. See the module docstring for the algorithm and the API contract.
+
+    update(frame_index, detections) -> list[TrackUpdate]: a detection frame (None = no detection).
+    predict(frame_index) -> list[TrackUpdate]: a frame without detection.
+
+    Every call returns one TrackUpdate per live track (TENTATIVE, CONFIRMED or LOST), ordered by
+    track id; `detection` is the Detection matched on this frame (None when predicted only) and
+    `box` the filtered box. Frame indices must increase; gaps are fine (tracks are predicted
+    through them). Track ids start at 1 and are never reused by this tracker.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._frame: int | None = None
+
+    def predict(self, frame_index: int) -> list[TrackUpdate]:
+        """Advance all tracks to `frame_index` without a detector result."""
+        return self.update(frame_index, None)
+
+    def update(self, frame_index: int, detections: Sequence[Detection] | None) -> list[TrackUpdate]:
+        """Process one frame; `detections=None` means the detector did not run on it."""
+        self._advance(frame_index)
+        if detections is not None:
+            self._associate(list(detections))
+        return self._emit(frame_index)
+
+    def _advance(self, frame_index: int) -> None:
+        if self._frame is not None and frame_index <= self._frame:
+            raise ValueError(f"frame_index must increase: got {frame_index} after {self._frame}")
+        steps = 1 if self._frame is None else frame_index - self._frame
+        self._frame = frame_index
+        # A long gap kills every track anyway; do not loop over thousands of predictions.
+        steps = min(steps, self.config.max_age_frames + 1)
+        for t in self._tracks:
+            t.predict(steps)
+        limit = self.config.max_age_frames
+        self._tracks = [t for t in self._tracks if t.frames_since_update <= limit]
+
+    def _associate(self, detections: list[Detection]) -> None:
+        cfg = self.config
+        dets, boxes = [], []
+        for d in detections:
+            if not np.all(np.isfinite(d.box[:4])) or not np.isfinite(d.score):
+                log.warning("tracker: dropping a detection with a non-finite box/score")
+                continue
+            dets.append(d)
+            boxes.append(_sanitize(np.asarray(d.box, dtype=float)))
+        scores = np.array([d.score for d in dets])
+        high = [i for i in range(len(dets)) if scores[i] >= cfg.high_thresh]
+        low = [i for i in range(len(dets)) if cfg.low_thresh <= scores[i] < cfg.high_thresh]
+        boxes_arr = np.array(boxes).reshape(-1, 4)
+        tracks = self._tracks
+        track_boxes = np.array([t.box for t in tracks]).reshape(-1, 4)
+
+        # Pass 1: high-score detections against every live track.
+        matched_t: set[int] = set()
+        matched_d: set[int] = set()
+        iou = iou_matrix(track_boxes, boxes_arr[high])
+        for ti, k in _assign(iou, cfg.iou_threshold):
+            tracks[ti].correct(dets[high[k]], boxes_arr[high[k]])
+            matched_t.add(ti)
+            matched_d.add(high[k])
+        # Rescue round on buffered IoU: only leftovers, so precise matches always win.
+        rest = [ti for ti in range(len(tracks)) if ti not in matched_t]
+        free = [i for i in high if i not in matched_d]
+        if cfg.buffer > 0 and rest and free:
+            iou = iou_matrix(_widen(track_boxes[rest], cfg.buffer),
+                             _widen(boxes_arr[free], cfg.buffer))
+            for r, k in _assign(iou, cfg.iou_threshold):
+                tracks[rest[r]].correct(dets[free[k]], boxes_arr[free[k]])
+                matched_t.add(rest[r])
+                matched_d.add(free[k])
+
+        # Pass 2 (BYTE): low-score detections against confirmed tracks left over.
+        rest = [ti for ti in range(len(tracks)) if ti not in matched_t and tracks[ti].confirmed]
+        iou = iou_matrix(track_boxes[rest], boxes_arr[low])
+        for r, k in _assign(iou, cfg.low_iou_threshold):
+            tracks[rest[r]].correct(dets[low[k]], boxes_arr[low[k]])
+            matched_t.add(rest[r])
+
+        # Bookkeeping for tracks that got (or missed) a detection on this detection frame.
+        kept = []
+        for ti, t in enumerate(tracks):
+            if ti in matched_t:
+                t.confirmed = t.confirmed or t.hits >= cfg.min_hits
+                kept.append(t)
+            elif t.confirmed:
+                t.missed = True
+                t.hits = 0
+                kept.append(t)
+            # else: an unconfirmed track that missed is dropped (its id is not reused).
+
+        for i in high:
+            if i not in matched_d:
+                t = _Track(self._next_id, dets[i], boxes_arr[i])
+                t.confirmed = cfg.min_hits <= 1
+                self._next_id += 1
+                kept.append(t)
+        self._tracks = kept
+
+    def _emit(self, frame_index: int) -> list[TrackUpdate]:
+        out = []
+        for t in sorted(self._tracks, key=lambda t: t.track_id):
+            if not t.confirmed:
+                state = TrackState.TENTATIVE
+            elif t.missed:
+                state = TrackState.LOST
+            else:
+                state = TrackState.CONFIRMED
+            out.append(TrackUpdate(track_id=t.track_id, frame_index=frame_index,
+                                   detection=t.detection, state=state, box=t.box))
+        return out
+
+    @property
+    def num_tracks(self) -> int:
+        """Live tracks (any state)."""
+        return len(self._tracks)

@@ -1,0 +1,47 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# ---- RTSP test server (tests/rtsp_server.py) ------------------------------------------------
+# tests/ has no __init__.py; make `import rtsp_server` work whatever pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rtsp_server import RtspServer, gst_unavailable_reason, make_test_video  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
+
+
+@pytest.fixture(scope="session")
+def rtsp_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 640x360 H.264 clip for the RTSP server: the development clip if present, else generated."""
+    shared = SHARED_DATA / "video/stage_360p_two_faces.mp4"
+    if shared.is_file():
+        return shared
+    return make_test_video(tmp_path_factory.mktemp("rtsp") / "clip.mp4", seconds=4.0)
+
+
+@pytest.fixture
+def rtsp_server(rtsp_video: Path) -> Iterator[Callable[..., RtspServer]]:
+    """Factory: ``server = rtsp_server(video=None, port=None)`` starts a real GStreamer RTSP server
+    (``server.url``, ``server.kill()``, ``server.start()``); every server is stopped by PID at teardown.
+    Skips when /usr/bin/python3 lacks the GStreamer bindings (see .ci/install-system-deps.sh)."""
+    reason = gst_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    servers: list[RtspServer] = []
+
+    def start(video: Path | None = None, port: int | None = None) -> RtspServer:
+        server = RtspServer(video or rtsp_video, port=port)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()

@@ -20,10 +20,14 @@ install: $(BIN)/python
 	@$(BIN)/python -m pip show --quiet facenet-pytorch 2>/dev/null || $(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 
 install-dev: install
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,recognition]"
 
 test: install-dev
 	$(BIN)/python -m pytest -q
+
+# The demo clip is generated from skimage.data.astronaut() (scikit-image ships the image).
+demo: install-dev
+	$(BIN)/python run_stream.py --source demo --out out/demo --overwrite
 
 clean:
 	rm -rf $(VENV) out *.egg-info

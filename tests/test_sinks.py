@@ -1,0 +1,180 @@
+"""DiskSink: output layout, tracks.jsonl records, atomic writes, disk errors, existing runs."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline import sinks
+from pipeline.errors import SinkError
+from pipeline.records import AlignedFace, Detection, EnhancedFace
+from pipeline.sinks import TRACK_RECORD_SCHEMA, DiskSink, validate_record
+
+S = 64
+
+
+def make_face(track_id: int = 1, frame_index: int = 0, crop: int = 20, size: int = S,
+              pts: float | None = 0.5, quality: float = 0.7) -> EnhancedFace:
+    rng = np.random.default_rng(track_id * 1000 + frame_index)
+    det = Detection(np.array([10.0, 20.0, 40.5, 55.25]), 0.987654,
+                    np.array([[15, 30], [30, 30], [22, 38], [17, 46], [28, 46]], float))
+    aligned = AlignedFace(track_id, frame_index, rng.integers(0, 255, (crop, crop, 3), np.uint8),
+                          np.eye(2, 3), crop, quality, det, pts)
+    return EnhancedFace(aligned, rng.integers(0, 255, (size, size, 3), np.uint8), scale=size / crop)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_layout_records_and_images(tmp_path: Path) -> None:
+    faces = [make_face(1, 0), make_face(1, 3, pts=None), make_face(7, 3, crop=33)]
+    with DiskSink(tmp_path, S) as sink:
+        for f in faces:
+            sink.write(f)
+        sink.write_summary({"faces": sink.count, "tracks": len(sink.track_ids), "fps": np.float32(2.5)})
+    recs = read_jsonl(tmp_path / "tracks.jsonl")
+    assert [(r["track_id"], r["frame_index"]) for r in recs] == [(1, 0), (1, 3), (7, 3)]
+    for rec, face in zip(recs, faces):
+        validate_record(rec)
+        assert set(TRACK_RECORD_SCHEMA["required"]) <= rec.keys()
+        sr = cv2.imread(str(tmp_path / rec["image"]))
+        np.testing.assert_array_equal(sr, face.sr)  # PNG is lossless
+        lr = cv2.imread(str(tmp_path / rec["lr_image"]))
+        np.testing.assert_array_equal(lr, face.face.crop)
+        assert cv2.imread(str(tmp_path / rec["bicubic_image"])).shape == (S, S, 3)
+    r = recs[0]
+    assert r["image"] == "tracks/1/0.png" and r["output_size"] == S and r["crop_size"] == 20
+    assert r["bbox"] == [10.0, 20.0, 40.5, 55.25] and len(r["landmarks"]) == 5
+    assert r["det_score"] == 0.9877 and r["scale"] == 3.2 and r["method"] == "arasfsr"
+    assert recs[1]["pts_time"] is None and recs[0]["pts_time"] == 0.5
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"faces": 3, "tracks": 2, "fps": 2.5}
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_no_comparison_images_and_pts_override(tmp_path: Path) -> None:
+    with DiskSink(tmp_path, S, save_comparison=False) as sink:
+        rec = sink.write(make_face(2, 5), pts_time=1.25)
+    assert rec["pts_time"] == 1.25 and rec["lr_image"] is None and rec["bicubic_image"] is None
+    assert sorted(p.name for p in (tmp_path / "tracks/2").iterdir()) == ["5.png"]
+    validate_record(rec)
+
+
+def test_wrong_sr_size_is_rejected(tmp_path: Path) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        with pytest.raises(ValueError, match="64x64x3"):
+            sink.write(make_face(size=S + 1))
+    assert (tmp_path / "tracks.jsonl").read_text() == ""
+
+
+def test_existing_run_refused_unless_overwrite(tmp_path: Path) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        sink.write(make_face(1, 0))
+    (tmp_path / "identities.jsonl").write_text("{}\n")
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(SinkError, match="already holds a run"):
+        DiskSink(tmp_path, S).open()
+    assert len(read_jsonl(tmp_path / "tracks.jsonl")) == 1  # untouched
+    with DiskSink(tmp_path, S, overwrite=True) as sink:
+        sink.write(make_face(9, 9))
+    assert [r["track_id"] for r in read_jsonl(tmp_path / "tracks.jsonl")] == [9]
+    assert not (tmp_path / "tracks/1").exists() and not (tmp_path / "identities.jsonl").exists()
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "identities.jsonl").write_text("{}\n")
+    with pytest.raises(SinkError, match=r"\(identities.jsonl\)"):
+        DiskSink(tmp_path / "other", S).open()
+
+
+def test_unwritable_out_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SinkError) as e:
+        DiskSink(blocker / "run", S).open()
+    assert str(blocker) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_full_disk_on_image_keeps_earlier_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        sink.write(make_face(1, 0))
+        real_replace = os.replace
+
+        def full(src: str, dst: str) -> None:
+            if str(dst).endswith("/1.png"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_replace(src, dst)
+
+        monkeypatch.setattr(sinks.os, "replace", full)
+        with pytest.raises(SinkError) as e:
+            sink.write(make_face(1, 1))
+        monkeypatch.undo()
+        sink.write(make_face(1, 2))  # the sink still works once space is back
+    msg = str(e.value)
+    assert "No space left on device" in msg and "tracks/1/1.png" in msg and "\n" not in msg
+    recs = read_jsonl(tmp_path / "tracks.jsonl")
+    assert [r["frame_index"] for r in recs] == [0, 2]  # no line for the failed face
+    assert not (tmp_path / "tracks/1/1.png").exists() and not list(tmp_path.rglob("*.tmp"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_full_disk_on_jsonl(tmp_path: Path) -> None:
+    sink = DiskSink(tmp_path, S).open()
+    sink._jsonl.close()
+    sink._jsonl = open("/dev/full", "ab", buffering=0)  # every write: ENOSPC
+    with pytest.raises(SinkError, match="tracks.jsonl: No space left on device"):
+        sink.write(make_face())
+    sink.close()
+
+
+def test_summary_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        sink.write_summary({"faces": 1})
+
+        def denied(src: str, dst: str) -> None:
+            raise OSError(errno.EACCES, "Permission denied")
+
+        monkeypatch.setattr(sinks.os, "replace", denied)
+        with pytest.raises(SinkError, match="summary.json: Permission denied"):
+            sink.write_summary({"faces": 2})
+    assert json.loads((tmp_path / "summary.json").read_text()) == {"faces": 1}
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_write_after_close(tmp_path: Path) -> None:
+    sink = DiskSink(tmp_path, S).open()
+    sink.close()
+    sink.close()
+    with pytest.raises(RuntimeError, match="not open"):
+        sink.write(make_face())
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"track_id": -1}, "track_id"),
+    ({"track_id": True}, "track_id"),
+    ({"bbox": [1, 2, 3]}, "bbox"),
+    ({"bbox": [5, 2, 3, 4]}, "bbox"),
+    ({"landmarks": [[1, 2]] * 4}, "landmarks"),
+    ({"det_score": 1.5}, "det_score"),
+    ({"scale": 0}, "scale"),
+    ({"quality": float("nan")}, "quality"),
+    ({"image": "/etc/passwd"}, "image"),
+    ({"image": "tracks/2/0.png"}, "image"),
+    ({"method": ""}, "method"),
+    ({"output_size": "128"}, "output_size"),
+])
+def test_validate_record_rejects(change: dict, problem: str) -> None:
+    rec = {"track_id": 1, "frame_index": 0, "pts_time": 0.0, "bbox": [0, 0, 10, 10],
+           "landmarks": [[1, 2]] * 5, "det_score": 0.9, "crop_size": 10, "scale": 2.0,
+           "output_size": 20, "image": "tracks/1/0.png", "quality": None, "method": "bicubic"}
+    validate_record(rec)
+    with pytest.raises(ValueError, match=problem):
+        validate_record({**rec, **change})
+    incomplete = dict(rec)
+    del incomplete["pts_time"]
+    with pytest.raises(ValueError, match="missing 'pts_time'"):
+        validate_record(incomplete)

@@ -227,7 +227,8 @@ class ARASFSR(nn.Module):
                 rgb = torch.cat(out, dim=1).clamp(0, 1)
         finally:
             self.train(was_training)
-        return rgb.transpose(1, 2).reshape(b, 3, height, width).to(out_device)
+        # clone() outside inference mode: callers get an ordinary tensor they may modify in place
+        return rgb.transpose(1, 2).reshape(b, 3, height, width).to(out_device).clone()
 
     def _autocast(self, amp: str | None):
         if amp is None or self.device.type != "cuda":

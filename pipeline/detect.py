@@ -1,0 +1,532 @@
+"""Face detection: the MTCNN cascade (Zhang et al., "Joint Face Detection and Alignment Using
+Multitask Cascaded Convolutional Networks", IEEE SPL 2016).
+
+P-Net slides over an image pyramid and proposes candidate windows, R-Net rejects most of them
+and refines the rest, O-Net gives the final boxes, scores and five landmarks. Non-maximum
+suppression (NMS) merges overlapping windows after each stage, and every window is squared
+before it is cropped for the next stage.
+
+The weights are the ones shipped in the facenet-pytorch wheel (`facenet_pytorch/data/*.pt`).
+The wheel is located on disk but never imported (it imports torchvision). The steps follow the
+stock `facenet_pytorch.MTCNN` (same pyramid, area resampling, box regression, NMS variants), so
+results match it on frames no larger than `max_side`. Frames are batched through the pyramid
+(all frames of one size together); crops for R-Net and O-Net are resampled for all windows at
+once from a summed-area table.
+
+Example:
+    >>> import numpy as np
+    >>> detector = MTCNNDetector(device="cpu")
+    >>> detector.detect([np.zeros((120, 160, 3), np.uint8)])  # BGR frames in, one list per frame
+    [[]]
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError, PipelineError
+from .records import Detection
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install --no-deps facenet-pytorch==2.6.0"
+MAX_FRAMES_PER_BATCH = 16  # frames pushed through the pyramid together (bounds memory)
+MAX_CROPS_PER_BATCH = 512  # R-Net / O-Net windows per forward pass (bounds memory)
+
+
+@dataclass
+class DetectorConfig:
+    """MTCNN settings; the defaults are facenet-pytorch's.
+
+    min_face_size: smallest face searched for, in pixels of the (possibly down-scaled) image.
+    thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
+    factor: scale step between pyramid levels.
+    max_side: frames whose longer side exceeds this are down-scaled to it before detection;
+        boxes and landmarks are mapped back to frame pixels. None: never down-scale.
+    device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+    """
+
+    min_face_size: int = 20
+    thresholds: tuple = (0.6, 0.7, 0.7)
+    factor: float = 0.709
+    max_side: int | None = 1280
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.min_face_size, (int, np.integer)) and self.min_face_size >= 1):
+            raise ConfigError(f"detector min_face_size must be an integer >= 1, got {self.min_face_size!r}")
+        try:
+            self.thresholds = tuple(float(t) for t in self.thresholds)
+        except (TypeError, ValueError):
+            raise ConfigError(f"detector thresholds must be 3 numbers, got {self.thresholds!r}") from None
+        if len(self.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in self.thresholds):
+            raise ConfigError(f"detector thresholds must be 3 numbers in [0, 1], got {self.thresholds!r}")
+        if not (isinstance(self.factor, (int, float)) and 0.0 < self.factor < 1.0):
+            raise ConfigError(f"detector factor must be in (0, 1), got {self.factor!r}")
+        if self.max_side is not None and not (isinstance(self.max_side, (int, np.integer)) and self.max_side >= 12):
+            raise ConfigError(f"detector max_side must be an integer >= 12 or None, got {self.max_side!r}")
+        if not isinstance(self.device, str):
+            raise ConfigError(f"detector device must be a string, got {self.device!r}")
+
+
+# --- the three networks (layer names match the shipped state dicts) --------------------------
+
+
+def _flatten_like_caffe(x: Tensor) -> Tensor:
+    """Flatten N x C x H x W in (W, H, C) order, the order the converted dense weights expect."""
+    return x.permute(0, 3, 2, 1).flatten(1)
+
+
+class PNet(nn.Module):
+    """Proposal network: fully convolutional; each output cell scores a 12 x 12 window, stride 2.
+
+    Returns (box offsets N x 4 x h x w, face probability N x h x w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 10, 3), nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(10, 16, 3), nn.PReLU(16)
+        self.conv3, self.prelu3 = nn.Conv2d(16, 32, 3), nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, 1)  # face / not-face logits
+        self.conv4_2 = nn.Conv2d(32, 4, 1)  # box offsets
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_2(x), self.conv4_1(x).softmax(1)[:, 1]
+
+
+class RNet(nn.Module):
+    """Refinement network on 24 x 24 crops. Returns (box offsets N x 4, face probability N)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 28, 3), nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(28, 48, 3), nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(48, 64, 2), nn.PReLU(64)
+        self.dense4, self.prelu4 = nn.Linear(576, 128), nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu4(self.dense4(_flatten_like_caffe(self.prelu3(self.conv3(x)))))
+        return self.dense5_2(x), self.dense5_1(x).softmax(1)[:, 1]
+
+
+class ONet(nn.Module):
+    """Output network on 48 x 48 crops.
+
+    Returns (box offsets N x 4, landmarks N x 10 as 5 x then 5 y in [0, 1], face probability N)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = nn.Conv2d(3, 32, 3), nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = nn.Conv2d(32, 64, 3), nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = nn.Conv2d(64, 64, 3), nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4, self.prelu4 = nn.Conv2d(64, 128, 2), nn.PReLU(128)
+        self.dense5, self.prelu5 = nn.Linear(1152, 256), nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(x)))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu5(self.dense5(_flatten_like_caffe(self.prelu4(self.conv4(x)))))
+        return self.dense6_2(x), self.dense6_3(x), self.dense6_1(x).softmax(1)[:, 1]
+
+
+def weights_dir() -> Path:
+    """The `data/` folder of the installed facenet-pytorch wheel, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("facenet_pytorch")
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if spec is not None and not locations and spec.origin:
+        locations = [str(Path(spec.origin).parent)]
+    for location in locations:
+        folder = Path(location) / "data"
+        if all((folder / f"{name}.pt").is_file() for name in ("pnet", "rnet", "onet")):
+            return folder
+    raise PipelineError(
+        "MTCNN weights not found (pnet.pt, rnet.pt, onet.pt from the facenet-pytorch wheel); "
+        f"install them with: {INSTALL_HINT}"
+    )
+
+
+def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        net.load_state_dict(state)
+    except Exception as exc:  # a corrupt or foreign file: tell the user how to repair it
+        raise PipelineError(f"cannot load MTCNN weights {path}: {exc}; reinstall with: {INSTALL_HINT}") from exc
+    return net.to(device).eval()
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"detector device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"detector device {name!r} requested but CUDA is not available")
+    return device
+
+
+# --- cascade building blocks ----------------------------------------------------------------
+
+
+def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -> list[float]:
+    """Scales at which P-Net's 12 px window covers faces from min_face_size up to the image."""
+    scale = 12.0 / min_face_size
+    side = min(height, width) * scale
+    scales = []
+    while side >= 12:
+        scales.append(scale)
+        scale *= factor
+        side *= factor
+    return scales
+
+
+def _overlaps(boxes: np.ndarray, others: np.ndarray, pad: float, mode: str) -> np.ndarray:
+    """Overlap matrix len(boxes) x len(others): IoU, or intersection over the smaller area."""
+    a, b = boxes[:, None, :], others[None, :, :]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + pad, 0.0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + pad, 0.0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + pad) * (a[..., 3] - a[..., 1] + pad)
+    area_b = (b[..., 2] - b[..., 0] + pad) * (b[..., 3] - b[..., 1] + pad)
+    if mode == "min":
+        return inter / np.minimum(area_a, area_b)
+    return inter / (area_a + area_b - inter)
+
+
+def _overlapping_pairs(boxes: np.ndarray, groups: np.ndarray, threshold: float, mode: str, block: int = 128):
+    """All pairs (p, q) of boxes in the same group whose overlap exceeds threshold.
+
+    Boxes are swept in order of (group, x1), so each block is compared only with the boxes
+    that start before its right edge: near-linear for the sparse overlaps of a real image."""
+    pad = 1.0 if mode == "min" else 0.0
+    x1, x2 = boxes[:, 0].astype(np.float64), boxes[:, 2].astype(np.float64)
+    span = float(max(x1.max(), x2.max()) - min(x1.min(), x2.min())) + 2.0 + pad
+    start = groups * span + (x1 - x1.min())  # sort key: group, then left edge
+    end = groups * span + (x2 - x1.min()) + pad
+    by_x = np.argsort(start, kind="stable")
+    start_sorted = start[by_x]
+    firsts, seconds = [], []
+    for s in range(0, len(by_x), block):
+        rows = by_x[s : s + block]
+        stop = int(np.searchsorted(start_sorted, end[rows].max(), side="left"))
+        cols = by_x[s:stop]
+        hit = _overlaps(boxes[rows], boxes[cols], pad, mode).astype(np.float64) > threshold
+        hit &= groups[rows][:, None] == groups[cols][None, :]
+        hit &= np.arange(s, s + len(rows))[:, None] < np.arange(s, stop)[None, :]  # each pair once
+        r, c = np.nonzero(hit)
+        firsts.append(rows[r])
+        seconds.append(cols[c])
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def nms(
+    boxes: Tensor,
+    scores: Tensor,
+    groups: Tensor,
+    threshold: float,
+    mode: Literal["union", "min"] = "union",
+) -> Tensor:
+    """Greedy non-maximum suppression, independently within each group (= image).
+
+    Overlap is IoU ("union") or intersection over the smaller area ("min", the paper's last
+    stage, with areas counted inclusively in pixels as in the reference implementation).
+    A box is dropped when it overlaps a kept, higher-scoring box by more than threshold.
+    Returns the kept indices, best score first.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return torch.empty(0, dtype=torch.long, device=boxes.device)
+    b = boxes.detach().cpu().float().numpy()  # float32 like the reference, for identical ties
+    g = groups.detach().cpu().numpy()
+    order = np.argsort(-scores.detach().cpu().numpy(), kind="stable")
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    p, q = _overlapping_pairs(b, g, threshold, mode)
+    better, worse = np.where(rank[p] < rank[q], p, q), np.where(rank[p] < rank[q], q, p)
+    # neighbours[ptr[r]:ptr[r + 1]]: the lower-ranked boxes overlapping the box of rank r
+    by_rank = np.argsort(rank[better], kind="stable")
+    neighbours = worse[by_rank]
+    ptr = np.searchsorted(rank[better][by_rank], np.arange(n + 1)).tolist()
+    suppressed = np.zeros(n, bool)
+    keep = []
+    for r, i in enumerate(order.tolist()):
+        if not suppressed[i]:
+            keep.append(i)
+            if ptr[r + 1] > ptr[r]:
+                suppressed[neighbours[ptr[r] : ptr[r + 1]]] = True
+    return torch.as_tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+def regress(boxes: Tensor, offsets: Tensor, inclusive: bool) -> Tensor:
+    """Apply the networks' box regression (offsets in units of box width/height).
+
+    `inclusive` counts sizes as x2 - x1 + 1 (R-Net, O-Net) rather than x2 - x1 (P-Net)."""
+    size = boxes[:, 2:4] - boxes[:, 0:2] + (1.0 if inclusive else 0.0)
+    return boxes + offsets * size.repeat(1, 2)
+
+
+def square(boxes: Tensor) -> Tensor:
+    """Grow each box to a square around the same centre (side = the longer side)."""
+    size = boxes[:, 2:4] - boxes[:, 0:2]
+    side = size.max(1, keepdim=True).values
+    top_left = boxes[:, 0:2] + 0.5 * size - 0.5 * side
+    return torch.cat([top_left, top_left + side], 1)
+
+
+def crop_windows(boxes: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """Integer crop windows [x0, x1) x [y0, y1) for boxes, clipped to the image (the reference's
+    1-based "pad" convention: a crop starts one pixel before the truncated box corner).
+
+    Returns (windows N x 4 int64 as x0, y0, x1, y1; mask of non-empty windows)."""
+    b = boxes.trunc().long()
+    x0 = b[:, 0].clamp(min=1) - 1
+    y0 = b[:, 1].clamp(min=1) - 1
+    x1 = b[:, 2].clamp(max=width)
+    y1 = b[:, 3].clamp(max=height)
+    windows = torch.stack([x0, y0, x1, y1], 1)
+    return windows, (x1 > x0) & (y1 > y0)
+
+
+def summed_area_table(images: Tensor) -> Tensor:
+    """B x H x W x C uint8 -> B x (H+1) x (W+1) x C integer table (exact sums of any rectangle;
+    int32 when it cannot overflow, which halves the memory traffic of the crops)."""
+    _, height, width, _ = images.shape
+    dtype = torch.int32 if 255 * height * width < 2**31 else torch.int64
+    table = images.to(dtype).cumsum(1, dtype=dtype).cumsum(2, dtype=dtype)
+    return F.pad(table, (0, 0, 1, 0, 1, 0))
+
+
+def resample_windows(table: Tensor, image_index: Tensor, windows: Tensor, size: int) -> Tensor:
+    """Area-resample every window to size x size: N x C x size x size float in [0, 255].
+
+    Output pixel i averages input rows [floor(i*L/size), ceil((i+1)*L/size)), exactly what
+    F.interpolate(crop, size, mode="area") does per crop, but for all windows in one go."""
+    batch, rows, cols, channels = table.shape
+    i = torch.arange(size, device=windows.device)
+
+    def bins(start: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
+        length = (end - start)[:, None]
+        lo = start[:, None] + (i * length) // size
+        hi = start[:, None] + ((i + 1) * length + size - 1) // size
+        return lo, hi
+
+    x_lo, x_hi = bins(windows[:, 0], windows[:, 2])
+    y_lo, y_hi = bins(windows[:, 1], windows[:, 3])
+    flat = table.reshape(batch * rows * cols, channels)
+    base = image_index[:, None, None] * rows
+
+    def corner(ys: Tensor, xs: Tensor) -> Tensor:  # N x size x size x C
+        index = ((base + ys[:, :, None]) * cols + xs[:, None, :]).flatten()
+        return flat.index_select(0, index).view(-1, size, size, channels)
+
+    total = corner(y_hi, x_hi) - corner(y_lo, x_hi) - corner(y_hi, x_lo) + corner(y_lo, x_lo)
+    area = (y_hi - y_lo)[:, :, None] * (x_hi - x_lo)[:, None, :]
+    return (total.float() / area[..., None].float()).permute(0, 3, 1, 2)  # channels-last: faster convs on CPU
+
+
+def _normalize(pixels: Tensor) -> Tensor:
+    return (pixels - 127.5) * 0.0078125
+
+
+def _in_chunks(fn: Callable[[slice], tuple[Tensor, ...]], n: int, chunk: int) -> tuple[Tensor, ...]:
+    outs = [fn(slice(s, s + chunk)) for s in range(0, max(n, 1), chunk)]  # n == 0: one empty call
+    return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+# --- the detector ---------------------------------------------------------------------------
+
+
+class MTCNNDetector:
+    """MTCNN face detector over batches of BGR uint8 frames.
+
+    Example:
+        >>> import numpy as np
+        >>> detector = MTCNNDetector(device="cpu", min_face_size=40)
+        >>> [faces] = detector.detect([np.zeros((240, 320, 3), np.uint8)])
+        >>> faces  # Detection(box xyxy, score, landmarks 5 x 2) per face, best first
+        []
+    """
+
+    def __init__(self, config: DetectorConfig | None = None, **overrides: object) -> None:
+        config = config or DetectorConfig()
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(DetectorConfig)})
+        if unknown:
+            raise ConfigError(f"unknown detector setting(s): {', '.join(unknown)}")
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.device = _resolve_device(self.config.device)
+        folder = weights_dir()
+        self.pnet = _load(PNet(), folder / "pnet.pt", self.device)
+        self.rnet = _load(RNet(), folder / "rnet.pt", self.device)
+        self.onet = _load(ONet(), folder / "onet.pt", self.device)
+        self._warned: set[str] = set()
+        log.debug("MTCNN on %s, %s", self.device, self.config)
+
+    @torch.inference_mode()
+    def detect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Detect faces in each frame (H x W x 3 uint8 BGR; grayscale and BGRA are converted).
+
+        Returns one list per frame of Detections, highest score first; boxes (xyxy) and
+        landmarks (left eye, right eye, nose, mouth left, mouth right; x, y) in frame pixels.
+        """
+        start = time.perf_counter()
+        images = [self._as_bgr(frame, k) for k, frame in enumerate(frames)]
+        results: list[list[Detection]] = [[] for _ in images]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, image in enumerate(images):
+            groups.setdefault(image.shape[:2], []).append(k)
+        for (height, width), members in groups.items():
+            size = self._detection_size(height, width)
+            sx, sy = width / size[1], height / size[0]
+            for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
+                chunk = members[s : s + MAX_FRAMES_PER_BATCH]
+                batch = np.stack([self._resize(images[k], size) for k in chunk])
+                for k, (boxes, scores, points) in zip(chunk, self._cascade(batch)):
+                    boxes *= np.array([sx, sy, sx, sy], np.float32)
+                    points *= np.array([sx, sy], np.float32)
+                    results[k] = [
+                        Detection(box=b, score=float(p), landmarks=m) for b, p, m in zip(boxes, scores, points)
+                    ]
+        if images:
+            log.debug(
+                "detected %d faces in %d frames in %.3f s",
+                sum(map(len, results)), len(images), time.perf_counter() - start,
+            )
+        return results
+
+    # -- input handling --
+
+    def _as_bgr(self, frame: np.ndarray, k: int) -> np.ndarray:
+        if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
+            kind = frame.dtype if isinstance(frame, np.ndarray) else type(frame).__name__
+            raise PipelineError(f"frame {k}: expected an H x W x 3 uint8 BGR image, got {kind}")
+        if frame.ndim == 3 and frame.shape[2] == 3:
+            return frame
+        if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
+            self._warn_once("gray", "grayscale frames are converted to BGR for detection")
+            return cv2.cvtColor(frame.reshape(frame.shape[:2]), cv2.COLOR_GRAY2BGR)
+        if frame.ndim == 3 and frame.shape[2] == 4:
+            self._warn_once("bgra", "BGRA frames: the alpha channel is ignored for detection")
+            return np.ascontiguousarray(frame[:, :, :3])
+        raise PipelineError(f"frame {k}: expected an H x W x 3 uint8 BGR image, got shape {frame.shape}")
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    def _detection_size(self, height: int, width: int) -> tuple[int, int]:
+        max_side = self.config.max_side
+        if max_side is None or max(height, width) <= max_side:
+            return height, width
+        s = max_side / max(height, width)
+        return max(1, round(height * s)), max(1, round(width * s))
+
+    @staticmethod
+    def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        if image.shape[:2] == size:
+            return image
+        return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+    # -- the cascade on one batch of equal-size frames --
+
+    def _cascade(self, batch_bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """B x H x W x 3 uint8 BGR -> per frame (boxes N x 4, scores N, landmarks N x 5 x 2)."""
+        rgb = torch.from_numpy(batch_bgr).to(self.device).flip(-1)  # B x H x W x 3, RGB
+        images = rgb.permute(0, 3, 1, 2).float()
+        table = summed_area_table(rgb)
+        boxes, index = self._propose(images)
+        if len(boxes):
+            boxes, index = self._refine(table, boxes, index)
+        if len(boxes):
+            boxes, scores, index, points = self._output(table, boxes, index)
+        else:
+            scores, points = boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
+        boxes, scores, points = (t.float().cpu().numpy() for t in (boxes, scores, points))
+        index = index.cpu().numpy()
+        return [(boxes[index == b], scores[index == b], points[index == b]) for b in range(len(batch_bgr))]
+
+    def _propose(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage 1: P-Net over the pyramid; NMS per level, then across levels; squared boxes."""
+        _, _, height, width = images.shape
+        threshold = self.config.thresholds[0]
+        found: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        for scale in pyramid_scales(height, width, self.config.min_face_size, self.config.factor):
+            level = F.interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+            offsets, prob = self.pnet(_normalize(level))
+            index, row, col = torch.nonzero(prob >= threshold, as_tuple=True)
+            if index.numel() == 0:
+                continue
+            cell = torch.stack([col, row], 1).to(images.dtype)
+            boxes = torch.cat([((2 * cell + 1) / scale).floor(), ((2 * cell + 12) / scale).floor()], 1)
+            scores = prob[index, row, col]
+            keep = nms(boxes, scores, index, 0.5)
+            found.append((boxes[keep], scores[keep], offsets[index, :, row, col][keep], index[keep]))
+        if not found:
+            return images.new_zeros(0, 4), torch.zeros(0, dtype=torch.long, device=images.device)
+        boxes, scores, offsets, index = (torch.cat(parts) for parts in zip(*found))
+        keep = nms(boxes, scores, index, 0.7)
+        return square(regress(boxes[keep], offsets[keep], inclusive=False)), index[keep]
+
+    def _crops(self, table: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Drop boxes entirely outside their image; return (boxes, index, crop windows)."""
+        windows, valid = crop_windows(boxes, table.shape[1] - 1, table.shape[2] - 1)
+        return boxes[valid], index[valid], windows[valid]
+
+    def _refine(self, table: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage 2: R-Net on 24 x 24 crops; threshold, NMS, regression, squared boxes."""
+        boxes, index, windows = self._crops(table, boxes, index)
+        offsets, prob = _in_chunks(
+            lambda s: self.rnet(_normalize(resample_windows(table, index[s], windows[s], 24))),
+            len(boxes), MAX_CROPS_PER_BATCH,
+        )
+        passed = prob > self.config.thresholds[1]
+        boxes, prob, offsets, index = boxes[passed], prob[passed], offsets[passed], index[passed]
+        keep = nms(boxes, prob, index, 0.7)
+        return square(regress(boxes[keep], offsets[keep], inclusive=True)), index[keep]
+
+    def _output(self, table: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Stage 3: O-Net on 48 x 48 crops; threshold, landmarks, regression, NMS ("min")."""
+        boxes, index, windows = self._crops(table, boxes, index)
+        offsets, marks, prob = _in_chunks(
+            lambda s: self.onet(_normalize(resample_windows(table, index[s], windows[s], 48))),
+            len(boxes), MAX_CROPS_PER_BATCH,
+        )
+        passed = prob > self.config.thresholds[2]
+        boxes, prob, offsets, marks, index = boxes[passed], prob[passed], offsets[passed], marks[passed], index[passed]
+        size = boxes[:, 2:4] - boxes[:, 0:2] + 1
+        points = marks.view(-1, 2, 5).transpose(1, 2) * size[:, None, :] + boxes[:, None, 0:2] - 1
+        boxes = regress(boxes, offsets, inclusive=True)
+        keep = nms(boxes, prob, index, 0.7, mode="min")
+        return boxes[keep], prob[keep], index[keep], points[keep]

@@ -1,0 +1,110 @@
+"""Enhance stage: aligned LR crops of any size -> one fixed output size (ARASFSR or bicubic).
+
+Crops of equal size are batched together through the model (the implicit function handles any
+input size, but a batch needs one). Crops at least as large as the output are area-down-sampled:
+there is nothing to super-resolve.
+
+Example:
+    >>> enh = Enhancer(EnhancerConfig(method="bicubic", output_size=112))
+    >>> [f.sr.shape for f in enh(faces)]  # doctest: +SKIP
+    [(112, 112, 3), (112, 112, 3)]
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError
+from pipeline.records import AlignedFace, EnhancedFace
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("arasfsr", "bicubic")
+
+
+@dataclass
+class EnhancerConfig:
+    method: str = "bicubic"
+    weights: str = "models/weights/arasfsr_cctv.safetensors"
+    output_size: int = 112
+    device: str = "auto"
+    batch_size: int = 32
+    max_queries: int = 16384
+    amp: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"enhance.method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not isinstance(self.output_size, int) or not 8 <= self.output_size <= 1024:
+            raise ConfigError(f"enhance.output_size must be an integer in [8, 1024], got {self.output_size!r}")
+        if self.batch_size < 1 or self.max_queries < 1:
+            raise ConfigError("enhance.batch_size and enhance.max_queries must be >= 1")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ConfigError(f"enhance.amp must be bf16, fp16 or null, got {self.amp!r}")
+
+
+def bicubic(crop: np.ndarray, size: int) -> np.ndarray:
+    """The bicubic baseline (area resampling when shrinking), uint8 in and out."""
+    interp = cv2.INTER_AREA if min(crop.shape[:2]) >= size else cv2.INTER_CUBIC
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+class Enhancer:
+    """Pipeline stage: list[AlignedFace] -> list[EnhancedFace] (same order), each at output_size."""
+
+    def __init__(self, config: EnhancerConfig | None = None) -> None:
+        self.config = config or EnhancerConfig()
+        self.model = None
+        if self.config.method == "arasfsr":
+            from models import CheckpointError, load_model
+
+            path = Path(self.config.weights)
+            if not path.is_absolute() and not path.exists():
+                path = ROOT / path  # relative to the project, so the CLI works from any directory
+            try:
+                self.model = load_model(path, device=self.config.device)
+            except CheckpointError as exc:
+                raise ConfigError(f"enhance.weights: {exc}") from None
+            except (RuntimeError, AssertionError) as exc:  # e.g. device "cuda" on a machine without one
+                raise ConfigError(f"enhance.device {self.config.device!r}: {exc}") from None
+            self.model.max_queries = self.config.max_queries
+            log.info("ARASFSR %s on %s", path.name, self.model.device)
+
+    @property
+    def name(self) -> str:
+        return self.config.method
+
+    def __call__(self, faces: Sequence[AlignedFace]) -> list[EnhancedFace]:
+        size = self.config.output_size
+        out: list[np.ndarray | None] = [None] * len(faces)
+        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, face in enumerate(faces):
+            h, w = face.crop.shape[:2]
+            if self.model is None or (h >= size and w >= size):
+                out[i] = bicubic(face.crop, size)
+            else:
+                by_size[(h, w)].append(i)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.config.batch_size):
+                chunk = indices[start:start + self.config.batch_size]
+                for i, sr in zip(chunk, self._upscale([faces[i].crop for i in chunk])):
+                    out[i] = sr
+        return [EnhancedFace(face=f, sr=sr, scale=size / max(f.crop.shape[:2]), method=self.name)
+                for f, sr in zip(faces, out)]
+
+    def _upscale(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Equal-size BGR uint8 crops -> N x S x S x 3 BGR uint8 through the model."""
+        batch = np.stack(crops)[..., ::-1]  # BGR -> RGB
+        lr = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255)
+        size = self.config.output_size
+        sr = self.model.upscale(lr.to(self.model.device), (size, size), amp=self.config.amp)
+        sr = sr.mul_(255).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        return np.ascontiguousarray(sr[..., ::-1])

@@ -1,0 +1,313 @@
+"""Runner: joins the stages with threads and bounded queues, and owns batching, metrics and shutdown.
+
+    source (reader thread) -> detect -> track -> align -> select   (main thread)
+        -> enhance (enhance thread) -> disk sink + recognition     (sink thread)
+
+Back-pressure: when the enhancer falls behind, its bounded queue blocks the main thread, which stops
+reading frames; a file source then simply waits (no frame is lost) and a live source drops its
+oldest frames (counted in summary.json). SIGINT/SIGTERM (see `install_signal_handlers`) stop the
+reading; what was already read is finished, the sinks are flushed and summary.json is written.
+
+Example:
+    >>> from pipeline.config import load_config
+    >>> summary = Runner(load_config("configs/default.yaml"), "clip.mp4", "out/clip").run()  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.align import Aligner
+from pipeline.config import PipelineConfig
+from pipeline.detect import MTCNNDetector
+from pipeline.enhance import Enhancer
+from pipeline.errors import SourceError
+from pipeline.records import AlignedFace, Frame
+from pipeline.select import Selector
+from pipeline.sinks import DiskSink
+from pipeline.source import open_source
+from trackers import SortTracker
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+class StageTimer:
+    """Seconds spent per stage, and how many items each stage handled (frames or faces)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.items: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, seconds: float, items: int) -> None:
+        with self._lock:
+            self.seconds[stage] += seconds
+            self.items[stage] += items
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {s: {"seconds": round(self.seconds[s], 3), "items": self.items[s],
+                    "per_second": round(self.items[s] / self.seconds[s], 2) if self.seconds[s] > 0 else None}
+                for s in self.seconds}
+
+
+class Runner:
+    """Runs the whole pipeline on one source into one output folder; `run()` returns the summary."""
+
+    def __init__(self, config: PipelineConfig, source: str, out_dir: str | Path | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.source_spec = source
+        self.out_dir = Path(out_dir or config.output.dir)
+        self.stop = stop or threading.Event()
+        self.timer = StageTimer()
+        self.counts: dict[str, int] = defaultdict(int)
+        self.track_ids: set[int] = set()
+        self._error: BaseException | None = None
+        self.source_error: SourceError | None = None
+
+    # -- worker threads ---------------------------------------------------------------------------
+    def _guard(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            self._error = exc
+            self.stop.set()
+
+    def _get(self, q: queue.Queue):
+        """Blocking get that gives up (as if the stream ended) once another thread has failed."""
+        while True:
+            try:
+                return q.get(timeout=0.5)
+            except queue.Empty:
+                if self._error is not None:
+                    return _DONE
+
+    def _put(self, q: queue.Queue, item) -> None:
+        """Blocking put that gives up once another thread has failed (a full queue must not hang the run)."""
+        while self._error is None:
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                pass
+
+    def _enhance_loop(self, enhancer: Enhancer, inbox: queue.Queue, outbox: queue.Queue) -> None:
+        batch_size = self.config.enhance.batch_size
+        done = False
+        while not done:
+            faces: list[AlignedFace] = []
+            item = self._get(inbox)
+            while True:  # gather what is waiting, up to a full batch, without waiting for more
+                if item is _DONE:
+                    done = True
+                    break
+                faces.extend(item)
+                if len(faces) >= batch_size:
+                    break
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    break
+            if faces:
+                t0 = time.perf_counter()
+                enhanced = enhancer(faces)
+                self.timer.add("enhance", time.perf_counter() - t0, len(faces))
+                self._put(outbox, enhanced)
+        self._put(outbox, _DONE)
+
+    def _sink_loop(self, sink: DiskSink, matcher, inbox: queue.Queue) -> None:
+        while (item := self._get(inbox)) is not _DONE:
+            t0 = time.perf_counter()
+            for face in item:
+                sink.write(face)
+                if matcher is not None:
+                    matcher.update(face)
+            self.timer.add("sink", time.perf_counter() - t0, len(item))
+            self.counts["faces_written"] += len(item)
+
+    # -- main loop --------------------------------------------------------------------------------
+    def _read_batch(self, src, size: int) -> list[Frame] | None:
+        """Up to `size` frames: the first waits, the rest only if already queued. None at the end."""
+        frames: list[Frame] = []
+        while not frames:
+            if self.stop.is_set():
+                return None
+            t0 = time.perf_counter()
+            try:
+                frame = src.read(timeout=0.5)
+            except TimeoutError:
+                continue
+            finally:
+                self.timer.add("wait_for_frames", time.perf_counter() - t0, 0)
+            if frame is None:
+                return None
+            frames.append(frame)
+        while len(frames) < size:
+            try:
+                frame = src.read(timeout=0 if src.is_live else None)
+            except TimeoutError:
+                break
+            if frame is None:
+                break
+            frames.append(frame)
+        return frames
+
+    def _read_batch_or_fail(self, src, size: int) -> list[Frame] | None:
+        """A source that fails mid-run (a camera gone for good) ends the stream like EOF: what was read
+        is still enhanced and written, summary.json records the error, and `run` raises it at the end."""
+        try:
+            return self._read_batch(src, size)
+        except SourceError as exc:
+            self.source_error = exc
+            return None
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.config
+        start = time.perf_counter()
+        detector = MTCNNDetector(cfg.detect.detector())
+        enhancer = Enhancer(cfg.enhance)
+        tracker, aligner, selector = SortTracker(cfg.track), Aligner(cfg.align.min_size, cfg.align.max_size), \
+            Selector(cfg.select)
+        matcher = self._make_matcher(detector)
+        to_enhance: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
+        to_sink: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
+        sink = DiskSink(self.out_dir, cfg.enhance.output_size, save_comparison=cfg.output.save_comparison,
+                        overwrite=cfg.output.overwrite)
+        interrupted = False
+        with open_source(self.source_spec, cfg.source) as src, sink:
+            workers = [threading.Thread(target=self._guard, args=(self._enhance_loop, enhancer, to_enhance, to_sink),
+                                        name="enhance", daemon=True),
+                       threading.Thread(target=self._guard, args=(self._sink_loop, sink, matcher, to_sink),
+                                        name="sink", daemon=True)]
+            for w in workers:
+                w.start()
+            progress = self._progress(src)
+            live: set[int] = set()
+            last_log = time.perf_counter()
+            try:
+                while (frames := self._read_batch_or_fail(src, cfg.detect.batch)) is not None:
+                    chosen = self._process(frames, detector, tracker, aligner, selector, live)
+                    if chosen:
+                        self._put(to_enhance, chosen)
+                    if progress is not None:
+                        progress.update(len(frames))
+                        progress.set_postfix(faces=self.counts["faces_detected"], tracks=len(self.track_ids),
+                                             refresh=False)
+                    elif time.perf_counter() - last_log >= cfg.runtime.log_every:
+                        last_log = time.perf_counter()
+                        self._log_live(src, start)
+                    if cfg.runtime.max_frames and self.counts["frames_processed"] >= cfg.runtime.max_frames:
+                        break
+                interrupted = self.stop.is_set() and self._error is None
+                if flushed := selector.flush():
+                    self._put(to_enhance, flushed)
+            except BaseException as exc:  # e.g. a second Ctrl-C: make the workers give up too
+                self._error = self._error or exc
+                raise
+            finally:
+                self._put(to_enhance, _DONE)
+                for w in workers:
+                    w.join()
+                if progress is not None:
+                    progress.close()
+                if matcher is not None:
+                    matcher.close()
+            if self._error is not None:
+                raise self._error
+            summary = self._summary(src, start, interrupted, sink)
+            sink.write_summary(summary)
+        if cfg.output.report:
+            from pipeline.report import write_report
+
+            write_report(self.out_dir)
+        if self.source_error is not None:
+            raise self.source_error
+        return summary
+
+    def _process(self, frames: list[Frame], detector, tracker, aligner, selector, live: set[int]) -> list[AlignedFace]:
+        every = self.config.detect.every
+        to_detect = [f for f in frames if f.index % every == 0]
+        t0 = time.perf_counter()
+        found = detector.detect([f.image for f in to_detect]) if to_detect else []
+        self.timer.add("detect", time.perf_counter() - t0, len(to_detect))
+        detections = {f.index: d for f, d in zip(to_detect, found)}
+        chosen: list[AlignedFace] = []
+        for frame in frames:
+            t0 = time.perf_counter()
+            dets = detections.get(frame.index)
+            updates = tracker.update(frame.index, dets) if dets is not None else tracker.predict(frame.index)
+            self.counts["faces_detected"] += len(dets or [])
+            t1 = time.perf_counter()
+            aligned = aligner(frame, updates)
+            t2 = time.perf_counter()
+            ids = {u.track_id for u in updates}
+            ended, live_now = live - ids, ids
+            live.clear()
+            live.update(live_now)
+            picked = selector(aligned) + selector.end_tracks(ended)
+            self.track_ids.update(f.track_id for f in picked)
+            chosen.extend(picked)
+            t3 = time.perf_counter()
+            self.timer.add("track", t1 - t0, 1)
+            self.timer.add("align", t2 - t1, len(aligned))
+            self.timer.add("select", t3 - t2, len(aligned))
+            self.counts["faces_aligned"] += len(aligned)
+            self.counts["frames_processed"] += 1
+        return chosen
+
+    def _make_matcher(self, detector):
+        rec = self.config.recognition
+        if not rec.gallery:
+            return None
+        from pipeline.recognition import build_matcher
+
+        return build_matcher(rec, detector, self.out_dir)
+
+    def _progress(self, src):
+        if src.is_live or not self.config.runtime.progress:
+            return None
+        return tqdm(total=src.frame_count, unit="frame", desc=Path(str(self.source_spec)).name, dynamic_ncols=True)
+
+    def _log_live(self, src, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        log.info("%s: %d frames (%.1f fps), %d dropped, %d reconnects, %d faces, %d tracks", src.name,
+                 self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
+                 src.stats.dropped, src.stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
+
+    def _summary(self, src, start: float, interrupted: bool, sink: DiskSink) -> dict[str, Any]:
+        wall = time.perf_counter() - start
+        processed = self.counts["frames_processed"]
+        return {
+            "source": src.name, "live": src.is_live, "interrupted": interrupted,
+            "frames_decoded": src.stats.decoded, "frames_processed": processed, "frames_dropped": src.stats.dropped,
+            "frames_in_source": src.frame_count, "reconnects": src.stats.reconnects,
+            "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
+            "faces_written": self.counts["faces_written"], "tracks": len(sink.track_ids),
+            "enhance_method": self.config.enhance.method, "output_size": self.config.enhance.output_size,
+            "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
+            "stages": self.timer.summary(), "config": self.config.to_dict(),
+            "error": str(self.source_error) if self.source_error else None,
+        }
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    """SIGINT / SIGTERM set `stop`: the run finishes what it has read, flushes and writes its summary.
+    A second SIGINT interrupts at once."""
+
+    def handler(signum, _frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("%s received: stopping after the frames already read", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,236 @@
+"""Tests for pipeline.detect (the MTCNN cascade).
+
+The reference numbers are the stock facenet-pytorch 2.6.0 MTCNN on skimage's astronaut
+(RGB in; our detector takes BGR).
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.detect import (
+    DetectorConfig,
+    MTCNNDetector,
+    nms,
+    resample_windows,
+    summed_area_table,
+    weights_dir,
+)
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.records import Detection
+
+log = logging.getLogger(__name__)
+
+ASTRONAUT_BOX = np.array([181.1, 62.2, 267.7, 172.1])
+ASTRONAUT_SCORE = 0.999998
+GROUPS = Path(__file__).resolve().parents[1].parent / "shared/data/stills/groups"
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNNDetector:
+    try:
+        weights_dir()
+    except PipelineError as exc:
+        pytest.skip(str(exc))
+    return MTCNNDetector(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    data = pytest.importorskip("skimage.data")
+    return np.ascontiguousarray(data.astronaut()[:, :, ::-1])  # RGB -> BGR
+
+
+def _as_array(dets: list[Detection]) -> np.ndarray:
+    """N x 15: box, score, landmarks."""
+    return np.array([np.concatenate([d.box, [d.score], d.landmarks.ravel()]) for d in dets]).reshape(-1, 15)
+
+
+# --- the reference ---------------------------------------------------------------------------
+
+
+def test_astronaut_matches_stock_facenet_pytorch(detector, astronaut):
+    [faces] = detector.detect([astronaut])
+    assert len(faces) == 1
+    face = faces[0]
+    np.testing.assert_allclose(face.box, ASTRONAUT_BOX, atol=2.0)
+    assert face.score > 0.999
+    assert face.landmarks.shape == (5, 2)
+
+
+def test_astronaut_landmarks_are_plausible(detector, astronaut):
+    [[face]] = detector.detect([astronaut])
+    x1, y1, x2, y2 = face.box
+    pts = face.landmarks
+    assert np.all((pts[:, 0] > x1) & (pts[:, 0] < x2) & (pts[:, 1] > y1) & (pts[:, 1] < y2))
+    left_eye, right_eye, nose, mouth_left, mouth_right = pts
+    assert left_eye[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+
+
+def test_large_frame_is_downscaled_and_mapped_back(detector, astronaut):
+    big = cv2.resize(astronaut, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)  # 1536 > max_side
+    assert max(big.shape[:2]) > detector.config.max_side
+    [faces] = detector.detect([big])
+    assert len(faces) == 1
+    np.testing.assert_allclose(faces[0].box, 3 * ASTRONAUT_BOX, atol=6.0)
+    assert faces[0].score > 0.99
+    x1, y1, x2, y2 = faces[0].box
+    assert np.all((faces[0].landmarks >= [x1, y1]) & (faces[0].landmarks <= [x2, y2]))
+
+
+# --- no faces, batching, inputs -------------------------------------------------------------
+
+
+def test_blank_and_noise_frames_have_no_faces(detector):
+    blank = np.full((240, 320, 3), 128, np.uint8)
+    noise = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    assert detector.detect([blank, noise]) == [[], []]
+
+
+def test_empty_and_tiny_inputs(detector):
+    assert detector.detect([]) == []
+    assert detector.detect([np.zeros((8, 8, 3), np.uint8)]) == [[]]  # smaller than one P-Net window
+
+
+def test_batched_equals_one_at_a_time(detector, astronaut):
+    shifted = np.ascontiguousarray(np.roll(astronaut[:, ::-1], 40, axis=0))  # same size, face moved
+    crop = np.ascontiguousarray(astronaut[30:330, 120:400])  # another size: its own group
+    frames = [astronaut, crop, shifted]
+    batched = detector.detect(frames)
+    single = [detector.detect([f])[0] for f in frames]
+    assert [len(b) for b in batched] == [len(s) for s in single] == [1, 1, 1]
+    for b, s in zip(batched, single):
+        np.testing.assert_allclose(_as_array(b), _as_array(s), atol=1e-3)
+    # the crop's face is the astronaut's, shifted by the crop origin
+    np.testing.assert_allclose(batched[1][0].box, ASTRONAUT_BOX - [120, 30, 120, 30], atol=3.0)
+
+
+def test_detections_sorted_by_score(detector):
+    if not GROUPS.is_dir():
+        pytest.skip(f"shared test images not found at {GROUPS}")
+    image = cv2.imread(str(GROUPS / "multiface.jpg"))
+    [faces] = detector.detect([image])
+    scores = [f.score for f in faces]
+    assert len(faces) > 1 and scores == sorted(scores, reverse=True)
+
+
+def test_grayscale_and_bgra_are_converted(detector, astronaut):
+    gray = cv2.cvtColor(astronaut, cv2.COLOR_BGR2GRAY)
+    bgra = cv2.cvtColor(astronaut, cv2.COLOR_BGR2BGRA)
+    faces_gray, faces_gray1, faces_bgra = detector.detect([gray, gray[:, :, None], bgra])
+    assert len(faces_gray) == len(faces_gray1) == 1
+    np.testing.assert_allclose(faces_gray[0].box, ASTRONAUT_BOX, atol=6.0)
+    np.testing.assert_allclose(_as_array(faces_bgra), _as_array(detector.detect([astronaut])[0]), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [np.zeros((32, 32, 3), np.float32), np.zeros((32, 32, 2), np.uint8), "not an image"],
+    ids=["float", "two-channels", "string"],
+)
+def test_bad_frames_are_rejected(detector, frame):
+    with pytest.raises(PipelineError, match="frame 0"):
+        detector.detect([frame])
+
+
+# --- configuration and weights --------------------------------------------------------------
+
+
+def test_config_overrides_and_errors(detector):
+    assert MTCNNDetector(DetectorConfig(factor=0.5), device="cpu", min_face_size=40).config == DetectorConfig(
+        min_face_size=40, factor=0.5, device="cpu"
+    )
+    with pytest.raises(ConfigError, match="min_face_szie"):
+        MTCNNDetector(min_face_szie=10)
+    with pytest.raises(ConfigError, match="thresholds"):
+        DetectorConfig(thresholds=(0.6, 0.7))
+    with pytest.raises(ConfigError, match="factor"):
+        DetectorConfig(factor=1.5)
+    with pytest.raises(ConfigError, match="device"):
+        MTCNNDetector(device="tpu:0")
+
+
+def test_missing_wheel_names_the_fix(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "facenet_pytorch" else real(name, *a))
+    with pytest.raises(PipelineError, match="pip install --no-deps facenet-pytorch==2.6.0"):
+        MTCNNDetector(device="cpu")
+
+
+# --- building blocks ------------------------------------------------------------------------
+
+
+def _greedy_nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float, mode: str) -> list[int]:
+    """Textbook greedy NMS, one box at a time (the slow reference)."""
+    pad = 1.0 if mode == "min" else 0.0
+    area = (boxes[:, 2] - boxes[:, 0] + pad) * (boxes[:, 3] - boxes[:, 1] + pad)
+    suppressed, keep = np.zeros(len(boxes), bool), []
+    for i in np.argsort(-scores, kind="stable"):
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        iw = np.clip(np.minimum(boxes[i, 2], boxes[:, 2]) - np.maximum(boxes[i, 0], boxes[:, 0]) + pad, 0, None)
+        ih = np.clip(np.minimum(boxes[i, 3], boxes[:, 3]) - np.maximum(boxes[i, 1], boxes[:, 1]) + pad, 0, None)
+        inter = iw * ih
+        union = np.minimum(area[i], area) if mode == "min" else area[i] + area - inter
+        suppressed |= (inter / union > threshold) & (groups == groups[i])
+    return keep
+
+
+@pytest.mark.parametrize("mode,threshold", [("union", 0.5), ("union", 0.7), ("min", 0.7)])
+def test_nms_matches_textbook_greedy(mode, threshold):
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        n = int(rng.integers(1, 300))
+        corner = rng.uniform(-40, 400, (n, 2))
+        boxes = np.floor(np.concatenate([corner, corner + rng.uniform(2, 120, (n, 2))], 1)).astype(np.float32)
+        scores = rng.uniform(0, 1, n).astype(np.float32)
+        scores[: n // 4] = 1.0  # saturated scores tie, as P-Net's and O-Net's often do
+        groups = rng.integers(0, 3, n)
+        kept = nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(groups), threshold, mode)
+        assert kept.tolist() == _greedy_nms(boxes.astype(np.float64), scores, groups, threshold, mode)
+
+
+def test_resample_windows_equals_area_interpolation():
+    rng = np.random.default_rng(2)
+    images = torch.from_numpy(rng.integers(0, 256, (2, 50, 70, 3), dtype=np.uint8))
+    table = summed_area_table(images)
+    windows = torch.tensor([[0, 0, 70, 50], [5, 7, 17, 19], [30, 2, 31, 40], [10, 10, 60, 23]])
+    index = torch.tensor([0, 1, 1, 0])
+    for size in (24, 48):
+        got = resample_windows(table, index, windows, size)
+        for k, (x0, y0, x1, y1) in enumerate(windows.tolist()):
+            crop = images[index[k], y0:y1, x0:x1].permute(2, 0, 1)[None].float()
+            want = F.interpolate(crop, size=(size, size), mode="area")[0]
+            torch.testing.assert_close(got[k], want, atol=1e-3, rtol=0)
+
+
+# --- shared still images --------------------------------------------------------------------
+
+
+def test_group_stills(detector):
+    if not GROUPS.is_dir():
+        pytest.skip(f"shared test images not found at {GROUPS} (development data, not in the repo)")
+    paths = sorted(p for p in GROUPS.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+    assert paths, f"no images in {GROUPS}"
+    counts = {}
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        assert image is not None, f"cannot decode {path}"
+        [faces] = detector.detect([image])
+        assert all(0.7 < f.score <= 1.0 and f.box[2] > f.box[0] and f.box[3] > f.box[1] for f in faces)
+        counts[path.name] = len(faces)
+    total = sum(counts.values())
+    summary = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    log.info("MTCNN faces per image (defaults): %s; total %d", summary, total)
+    print(f"\nMTCNN faces per image (defaults): {summary}; total {total}")
+    assert total > 0
+    assert sum(n > 0 for n in counts.values()) >= len(counts) // 2  # most group photos have faces

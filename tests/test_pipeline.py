@@ -1,0 +1,228 @@
+"""Config, select and enhance stages, and the whole pipeline end to end (in process and via the CLI)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models import build_model, save_checkpoint
+from pipeline.config import load_config, valid_keys
+from pipeline.demo import make_demo_clip
+from pipeline.enhance import Enhancer, EnhancerConfig
+from pipeline.errors import ConfigError
+from pipeline.records import AlignedFace, Detection
+from pipeline.runner import Runner
+from pipeline.select import SelectConfig, Selector
+from pipeline.sinks import validate_record
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDEO = ROOT.parent / "shared" / "data" / "video"
+
+
+def face(track_id: int, frame_index: int, side: int = 32, quality: float = 0.5, score: float = 0.99,
+         box_side: float = 40.0) -> AlignedFace:
+    rng = np.random.default_rng(frame_index)
+    det = Detection(np.array([0, 0, box_side, box_side]), score, np.zeros((5, 2)))
+    crop = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
+    return AlignedFace(track_id, frame_index, crop, np.eye(2, 3), side, quality, det)
+
+
+# -- config ---------------------------------------------------------------------------------------
+def test_default_yaml_lists_every_key_with_the_code_defaults():
+    data = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
+    assert {s: sorted(v) for s, v in data.items()} == {s: sorted(valid_keys(s)) for s in data}
+    assert load_config(ROOT / "configs/default.yaml").to_dict() == load_config(None).to_dict()
+
+
+@pytest.mark.parametrize("preset", ["default", "cctv", "cpu-fast"])
+def test_presets_load(preset):
+    assert load_config(ROOT / f"configs/{preset}.yaml").enhance.output_size == 112
+
+
+def test_overrides_and_errors():
+    cfg = load_config(None, ["enhance.output_size=160", "detect.every=3", "detect.thresholds=[0.5, 0.6, 0.7]"])
+    assert cfg.enhance.output_size == 160 and cfg.track.stride == 3 and cfg.detect.thresholds == (0.5, 0.6, 0.7)
+    with pytest.raises(ConfigError, match="unknown config key enhance.outputsize; valid keys in enhance: .*output_size"):
+        load_config(None, ["enhance.outputsize=160"])
+    with pytest.raises(ConfigError, match="unknown config section 'enhanse'"):
+        load_config(None, ["enhanse.output_size=1"])
+    with pytest.raises(ConfigError, match="enhance.method must be one of arasfsr, bicubic"):
+        load_config(None, ["enhance.method=sharp"])
+    with pytest.raises(ConfigError, match="track.stride"):
+        load_config(None, ["track.stride=2"])  # derived from detect.every
+
+
+# -- select ---------------------------------------------------------------------------------------
+def test_select_every_k_and_size_and_score_filters():
+    sel = Selector(SelectConfig(every_k=2, min_face_size=20, min_score=0.9))
+    faces = [face(1, i) for i in range(6)] + [face(2, 0, box_side=10), face(3, 0, score=0.5)]
+    assert [f.frame_index for f in sel(faces)] == [0, 2, 4]
+    assert sel.skipped == 2
+
+
+def test_select_best_n_is_emitted_when_the_track_ends():
+    sel = Selector(SelectConfig(every_k=0, best_n=2))
+    qualities = [0.1, 0.9, 0.3, 0.8, 0.2]
+    assert sel([face(7, i, quality=q) for i, q in enumerate(qualities)]) == []
+    assert [f.frame_index for f in sel.end_tracks([7])] == [1, 3]
+    assert sel.end_tracks([7]) == []  # released
+    sel([face(8, 0)])
+    assert [f.track_id for f in sel.flush()] == [8]
+
+
+# -- enhance --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model({"encoder": {"name": "edsr", "n_resblocks": 1, "n_feats": 8}, "decoder": {"hidden": 16},
+                         "local_frequency": {"latent": 4, "width": 8}})
+    return save_checkpoint(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.mark.parametrize("method", ["bicubic", "arasfsr"])
+@pytest.mark.parametrize("output_size", [112, 150, 160])
+def test_enhance_any_crop_size_to_the_output_size(method, output_size, tiny_weights):
+    enh = Enhancer(EnhancerConfig(method=method, weights=str(tiny_weights), output_size=output_size, batch_size=2))
+    faces = [face(1, 0, side=14), face(1, 1, side=60), face(2, 2, side=14), face(2, 3, side=200), face(3, 4, side=14)]
+    out = enh(faces)
+    assert [o.face.frame_index for o in out] == [0, 1, 2, 3, 4]  # order kept across size groups and batches
+    assert all(o.sr.shape == (output_size, output_size, 3) and o.sr.dtype == np.uint8 for o in out)
+    assert out[0].scale == pytest.approx(output_size / 14)
+
+
+def test_enhance_batches_equal_to_one_at_a_time(tiny_weights):
+    enh = Enhancer(EnhancerConfig(method="arasfsr", weights=str(tiny_weights), batch_size=8))
+    faces = [face(1, i, side=20) for i in range(4)]
+    together = enh(faces)
+    alone = [enh([f])[0] for f in faces]
+    assert all(np.abs(a.sr.astype(int) - b.sr.astype(int)).max() <= 1 for a, b in zip(together, alone))
+
+
+def test_enhance_bad_weights_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ConfigError, match="enhance.weights"):
+        Enhancer(EnhancerConfig(method="arasfsr", weights=str(bad)))
+
+
+# -- end to end -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_clip(tmp_path_factory):
+    return make_demo_clip(tmp_path_factory.mktemp("clip") / "demo.mp4", n_frames=30)
+
+
+def check_run(out: Path, summary: dict, output_size: int) -> list[dict]:
+    records = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
+    for rec in records:
+        validate_record(rec)
+        import cv2
+
+        img = cv2.imread(str(out / rec["image"]))
+        assert img.shape == (output_size, output_size, 3)
+    keys = {(r["track_id"], r["frame_index"]) for r in records}
+    assert len(keys) == len(records)  # each face written once
+    assert summary["frames_processed"] == summary["frames_decoded"]
+    assert summary["tracks"] == len({r["track_id"] for r in records})
+    assert json.loads((out / "summary.json").read_text())["faces_written"] == len(records)
+    return records
+
+
+def test_demo_clip_end_to_end_with_arasfsr(demo_clip, tiny_weights, tmp_path):
+    cfg = load_config(ROOT / "configs/default.yaml", ["enhance.method=arasfsr", f"enhance.weights={tiny_weights}",
+                                                      "enhance.output_size=150", "runtime.progress=false"])
+    out = tmp_path / "run"
+    summary = Runner(cfg, str(demo_clip), out).run()
+    records = check_run(out, summary, 150)
+    assert summary["frames_processed"] == 30 and summary["frames_dropped"] == 0
+    assert summary["tracks"] == 1, "one face moving across the frame is one track"
+    # the face shrinks from 80 to 16 px: crops shrink, the output size does not
+    sizes = [r["crop_size"] for r in records]
+    assert sizes[0] > 2.5 * sizes[-1] and all(r["output_size"] == 150 for r in records)
+    assert records[-1]["method"] == "arasfsr"
+    assert (out / "index.html").is_file()
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_stream.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_cli_runs_the_demo_source(tmp_path):
+    out = tmp_path / "demo"
+    res = run_cli("--source", "demo", "--out", str(out), "-q", "--set", "runtime.max_frames=8")
+    assert res.returncode == 0, res.stderr
+    assert "written to" in res.stdout
+    assert json.loads((out / "summary.json").read_text())["frames_processed"] == 8
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--source", "/nonexistent/clip.mp4"], "/nonexistent/clip.mp4"),
+    (["--source", "demo", "--set", "enhance.outptu_size=3"], "unknown config key enhance.outptu_size"),
+    (["--source", "demo", "--config", "/nonexistent.yaml"], "/nonexistent.yaml"),
+    (["--source", "demo", "--set", "enhance.method=arasfsr", "--set", "enhance.weights=README.md"], "enhance.weights"),
+])
+def test_cli_bad_input_gives_one_line_error(args, message, tmp_path):
+    res = run_cli(*args, "--out", str(tmp_path / "o"), "-q")
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_refuses_to_overwrite_a_previous_run(tmp_path, demo_clip):
+    out = tmp_path / "o"
+    assert run_cli("--source", str(demo_clip), "--out", str(out), "-q", "--set", "runtime.max_frames=4").returncode == 0
+    before = (out / "tracks.jsonl").read_bytes()
+    res = run_cli("--source", str(demo_clip), "--out", str(out), "-q")
+    assert res.returncode != 0 and "already holds a run" in res.stderr
+    assert (out / "tracks.jsonl").read_bytes() == before  # nothing already written is lost
+
+
+def test_cli_unwritable_output_is_a_clean_error(tmp_path, demo_clip):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = run_cli("--source", str(demo_clip), "--out", str(blocker / "sub"), "-q")
+    assert res.returncode != 0 and res.stderr.startswith("error: ") and "Traceback" not in res.stderr
+
+
+# -- shared videos (development data; skipped when absent) ---------------------------------------
+def shared_video(name: str) -> Path:
+    path = VIDEO / name
+    if not path.is_file():
+        pytest.skip(f"shared video {path} not present (development data is not committed)")
+    return path
+
+
+@pytest.mark.parametrize("name,overrides", [
+    ("cctv_walking_270p.mp4", []),
+    ("stage_360p_two_faces.mp4", ["detect.every=5", "detect.min_face_size=28"]),
+    ("arcade_1080p_multiface.mp4", ["detect.every=3", "detect.max_side=960"]),
+])
+def test_shared_video_end_to_end(name, overrides, tmp_path):
+    import av
+
+    path = shared_video(name)
+    with av.open(str(path)) as c:
+        in_file = sum(1 for _ in c.decode(video=0))
+    cfg = load_config(ROOT / "configs/default.yaml", ["runtime.progress=false", *overrides])
+    out = tmp_path / "run"
+    summary = Runner(cfg, str(path), out).run()
+    records = check_run(out, summary, 112)
+    assert summary["frames_processed"] == in_file, "a file input must not lose a frame"
+    assert summary["faces_detected"] > 0 and records
+
+
+def test_no_faces_clip_gives_zero_tracks_and_exit_0(tmp_path):
+    path = shared_video("cctv_no_faces_432p.mp4")
+    out = tmp_path / "run"
+    res = run_cli("--source", str(path), "--out", str(out), "-q", "--set", "detect.every=25",
+                  "--set", "detect.min_face_size=20", "--set", "detect.max_side=480")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tracks"] == 0 and summary["frames_processed"] == summary["frames_decoded"]

@@ -220,12 +220,15 @@ def _overlaps(boxes: np.ndarray, others: np.ndarray, pad: float, mode: str) -> n
     inter = iw * ih
     area_a = (a[..., 2] - a[..., 0] + pad) * (a[..., 3] - a[..., 1] + pad)
     area_b = (b[..., 2] - b[..., 0] + pad) * (b[..., 3] - b[..., 1] + pad)
-    if mode == "min":
-        return inter / np.minimum(area_a, area_b)
-    return inter / (area_a + area_b - inter)
+    with np.errstate(divide="ignore", invalid="ignore"):  # degenerate boxes: NaN, never "overlapping"
+        if mode == "min":
+            return inter / np.minimum(area_a, area_b)
+        return inter / (area_a + area_b - inter)
 
 
-def _overlapping_pairs(boxes: np.ndarray, groups: np.ndarray, threshold: float, mode: str, block: int = 128):
+def _overlapping_pairs(
+    boxes: np.ndarray, groups: np.ndarray, threshold: float, mode: str, block: int = 128
+) -> tuple[np.ndarray, np.ndarray]:
     """All pairs (p, q) of boxes in the same group whose overlap exceeds threshold.
 
     Boxes are swept in order of (group, x1), so each block is compared only with the boxes
@@ -349,7 +352,7 @@ def resample_windows(table: Tensor, image_index: Tensor, windows: Tensor, size: 
 
     def corner(ys: Tensor, xs: Tensor) -> Tensor:  # N x size x size x C
         index = ((base + ys[:, :, None]) * cols + xs[:, None, :]).flatten()
-        return flat.index_select(0, index).view(-1, size, size, channels)
+        return flat.index_select(0, index).view(len(windows), size, size, channels)
 
     total = corner(y_hi, x_hi) - corner(y_lo, x_hi) - corner(y_hi, x_lo) + corner(y_lo, x_lo)
     area = (y_hi - y_lo)[:, :, None] * (x_hi - x_lo)[:, None, :]
@@ -431,6 +434,8 @@ class MTCNNDetector:
         if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
             kind = frame.dtype if isinstance(frame, np.ndarray) else type(frame).__name__
             raise PipelineError(f"frame {k}: expected an H x W x 3 uint8 BGR image, got {kind}")
+        if frame.size == 0:
+            raise PipelineError(f"frame {k}: empty image (shape {frame.shape})")
         if frame.ndim == 3 and frame.shape[2] == 3:
             return frame
         if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
@@ -526,7 +531,7 @@ class MTCNNDetector:
         passed = prob > self.config.thresholds[2]
         boxes, prob, offsets, marks, index = boxes[passed], prob[passed], offsets[passed], marks[passed], index[passed]
         size = boxes[:, 2:4] - boxes[:, 0:2] + 1
-        points = marks.view(-1, 2, 5).transpose(1, 2) * size[:, None, :] + boxes[:, None, 0:2] - 1
+        points = marks.view(len(marks), 2, 5).transpose(1, 2) * size[:, None, :] + boxes[:, None, 0:2] - 1
         boxes = regress(boxes, offsets, inclusive=True)
         keep = nms(boxes, prob, index, 0.7, mode="min")
         return boxes[keep], prob[keep], index[keep], points[keep]

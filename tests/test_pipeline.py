@@ -127,6 +127,12 @@ def check_run(out: Path, summary: dict, output_size: int) -> list[dict]:
         assert img.shape == (output_size, output_size, 3)
     keys = {(r["track_id"], r["frame_index"]) for r in records}
     assert len(keys) == len(records)  # each face written once
+    # an id is never reused: a track's faces are never further apart than the tracker keeps a lost track
+    cfg = summary["config"]
+    max_gap = (cfg["track"]["max_age"] + 1) * cfg["detect"]["every"]
+    for tid in {r["track_id"] for r in records}:
+        frames = sorted(r["frame_index"] for r in records if r["track_id"] == tid)
+        assert all(b - a <= max_gap for a, b in zip(frames, frames[1:])), (tid, frames)
     assert summary["frames_processed"] == summary["frames_decoded"]
     assert summary["tracks"] == len({r["track_id"] for r in records})
     assert json.loads((out / "summary.json").read_text())["faces_written"] == len(records)
@@ -201,6 +207,7 @@ def shared_video(name: str) -> Path:
 
 @pytest.mark.parametrize("name,overrides", [
     ("cctv_walking_270p.mp4", []),
+    ("cctv_classroom_270p.mp4", []),
     ("stage_360p_two_faces.mp4", ["detect.every=5", "detect.min_face_size=28"]),
     ("arcade_1080p_multiface.mp4", ["detect.every=3", "detect.max_side=960"]),
 ])

@@ -56,12 +56,16 @@ def _read_header(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path}: no such file")
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(8)
-        if head[:2] == b"PK" or head[:1] == b"\x80":
+        head = fh.read(9)
+        # safetensors: 8-byte little-endian header length, then the JSON header ("{"). Only a file that
+        # is not that is checked for pickle/zip magic: a header length of 128 mod 256 also starts with 0x80.
+        if head[8:9] != b"{" and (head[:2] == b"PK" or head[:1] == b"\x80"):
             raise CheckpointError(f"checkpoint {path} is a pickle/PyTorch file, not safetensors; "
                                   "refusing to unpickle it (convert it with save_checkpoint)")
-        if len(head) < 8:
+        if len(head) < 9:
             raise CheckpointError(f"checkpoint {path} is not a safetensors file (only {size} bytes)")
+        fh.seek(8)
+        head = head[:8]
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER or n > size - 8:
             raise CheckpointError(f"checkpoint {path} is not a safetensors file or is truncated (bad header length)")

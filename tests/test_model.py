@@ -157,6 +157,17 @@ def test_pickled_file_is_refused(tmp_path):
             load_model(path)
 
 
+def test_header_length_starting_with_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    model = tiny()
+    for pad in range(256):  # some metadata length puts 0x80 in the first byte of the header length
+        path = save_checkpoint(model, tmp_path / "m.safetensors", note="x" * pad)
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    lr = torch.rand(1, 3, 8, 8)
+    assert torch.equal(load_model(path).upscale(lr, (16, 16)), model.upscale(lr, (16, 16)))
+
+
 def test_truncated_file_is_refused(tmp_path):
     path = save_checkpoint(tiny(), tmp_path / "m.safetensors")
     data = path.read_bytes()

@@ -1,0 +1,342 @@
+"""Face data for training and evaluating ARASFSR (paper sec. 4.2): the prepared face set,
+resampling, degradations and the LR-HR pair sampler.
+
+A prepared set (written by `python train.py prepare`) is a folder of aligned faces in the
+pipeline's canonical framing (pipeline/align.py) at one size S x S (JPEG), plus `manifest.csv`
+(one row per face: file, source, split, sharpness, landmarks, transform, ...). Faces whose photo
+does not cover the whole canonical frame are completed with replicated border pixels, as the
+pipeline does at frame edges; the `transform` and `src_h`/`src_w` columns give back the
+"photo mask" (True where a pixel comes from the photo), so that the loss and the metrics can
+ignore the replicated border.
+
+Pairs follow sec. 4.2: per batch an LR level L and an HR level H are sampled; the HR target is
+the ground truth resampled to H x H and the LR input the ground truth degraded to L x L
+(bicubic with antialiasing, area, or nearest neighbour, optionally with blur, noise and JPEG).
+Query pixels are sampled from the HR target with their coordinates and the scale ratio L / H.
+
+Example:
+    >>> import numpy as np
+    >>> gt = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    >>> make_lr(gt, 16, "nn-jpeg").shape
+    (16, 16, 3)
+    >>> cfg = PairConfig(lr=(16, 32), hr=(64, 96), queries=100, batch_size=2)
+    >>> faces = FaceSet(images=np.stack([gt, gt]), masks=np.ones((2, 128, 128), bool), names=["a", "b"])
+    >>> batch = PairSampler(faces, cfg, seed=0).batch(step=0)
+    >>> batch["coord"].shape, batch["rgb"].shape
+    (torch.Size([2, 100, 2]), torch.Size([2, 100, 3]))
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import IterableDataset
+
+from .arasfsr import make_coord
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.csv"
+MANIFEST_FIELDS = ["file", "source", "split", "sharpness", "score", "native", "landmarks", "transform",
+                   "src_h", "src_w"]
+KERNELS = ("bicubic", "area", "nearest")
+EVAL_DEGRADATIONS = ("bicubic", "nn-jpeg")
+NN_JPEG_QUALITY = 75  # the JPEG quality of the CelebAHQ-NN-JPEG-style evaluation (paper gives none)
+
+
+class DataError(ValueError):
+    """A prepared data folder that is missing or unusable."""
+
+
+# --- preparation helpers --------------------------------------------------------------------
+
+
+def laplacian_sharpness(bgr: np.ndarray, crop: int = 128) -> float:
+    """Variance of the Laplacian of the central crop x crop (grayscale), as in utkface_sharpness.csv."""
+    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
+    h, w = gray.shape
+    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
+    return float(cv2.Laplacian(gray[y0:y0 + crop, x0:x0 + crop], cv2.CV_64F).var())
+
+
+def split_for(name: str, val_fraction: float = 0.05) -> str:
+    """Deterministic train/val split from a hash of the file name.
+
+    >>> split_for("1_0_0_20161219140623097.jpg.chip.jpg")
+    'train'
+    """
+    h = int.from_bytes(hashlib.sha1(name.encode("utf-8")).digest()[:4], "big") / 2**32
+    return "val" if h < val_fraction else "train"
+
+
+def photo_mask(transform: np.ndarray, src_hw: tuple[int, int], size: int, erode: int = 1) -> np.ndarray:
+    """size x size bool mask of the canonical pixels that come from the photo (not replicated border)."""
+    ones = np.full(src_hw, 255, np.uint8)
+    warped = cv2.warpAffine(ones, np.asarray(transform, np.float64), (size, size), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    mask = (warped == 255).astype(np.uint8)
+    if erode:
+        mask = cv2.erode(mask, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8))
+    return mask.astype(bool)
+
+
+def write_manifest(root: str | Path, rows: list[dict]) -> Path:
+    """Write manifest.csv (columns MANIFEST_FIELDS; landmarks and transform as JSON lists)."""
+    path = Path(root) / MANIFEST
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in row.items()})
+    return path
+
+
+def write_prepared(root: str | Path, images: list[np.ndarray], splits: list[str], quality: int = 95) -> Path:
+    """Write already-aligned RGB faces as a prepared set (whole frame = photo); for tests and imports.
+
+    >>> import tempfile
+    >>> faces = [np.zeros((32, 32, 3), np.uint8)] * 2
+    >>> _ = write_prepared(tempfile.mkdtemp(), faces, ["train", "val"])
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (img, split) in enumerate(zip(images, splits)):
+        name = f"face_{i:05d}.jpg"
+        cv2.imwrite(str(root / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        rows.append({"file": name, "source": name, "split": split, "sharpness": "", "score": "", "native": "",
+                     "landmarks": [], "transform": [1, 0, 0, 0, 1, 0], "src_h": img.shape[0], "src_w": img.shape[1]})
+    return write_manifest(root, rows)
+
+
+def read_manifest(root: str | Path) -> list[dict]:
+    path = Path(root) / MANIFEST
+    if not Path(root).is_dir():
+        raise DataError(f"data folder {root} does not exist (prepare it with: python train.py prepare)")
+    if not path.is_file():
+        raise DataError(f"{path} not found: {root} is not a prepared face set (run: python train.py prepare)")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = set(MANIFEST_FIELDS) - set(rows[0] if rows else MANIFEST_FIELDS)
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}")
+    return rows
+
+
+# --- the prepared face set ------------------------------------------------------------------
+
+
+@dataclass
+class FaceSet:
+    """Prepared ground-truth faces held in memory: images N x S x S x 3 uint8 RGB, photo masks N x S x S."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    @classmethod
+    def load(cls, root: str | Path, split: str | None = "train", limit: int | None = None) -> "FaceSet":
+        """Decode the faces of one split ("train", "val", or None for all) of a prepared folder."""
+        rows = [r for r in read_manifest(root) if split is None or r["split"] == split]
+        rows = rows[:limit] if limit else rows
+        if not rows:
+            raise DataError(f"{Path(root) / MANIFEST} has no faces in split {split!r}")
+        images, masks = [], []
+        for row in rows:
+            bgr = cv2.imread(str(Path(root) / row["file"]), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise DataError(f"cannot read {Path(root) / row['file']} listed in the manifest")
+            if images and bgr.shape != images[0].shape:
+                raise DataError(f"{row['file']} is {bgr.shape[:2]}, the others {images[0].shape[:2]}")
+            images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            transform = np.array(json.loads(row["transform"]), np.float64).reshape(2, 3)
+            masks.append(photo_mask(transform, (int(row["src_h"]), int(row["src_w"])), bgr.shape[0]))
+        log.info("loaded %d %s faces of %d px from %s", len(images), split or "all", images[0].shape[0], root)
+        return cls(np.stack(images), np.stack(masks), [r["file"] for r in rows])
+
+
+# --- resampling and degradations ------------------------------------------------------------
+
+
+def resize(img: np.ndarray, size: int | tuple[int, int], kernel: str = "bicubic") -> np.ndarray:
+    """Resample an H x W x 3 uint8 image to `size` (side, or (h, w)).
+
+    "bicubic": bicubic with antialiasing when shrinking (PIL / MATLAB imresize style, a = -0.5);
+    "area": pixel-area averaging (cv2.INTER_AREA); "nearest": nearest neighbour, no antialiasing."""
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+    if img.shape[:2] == (h, w):
+        return img.copy()
+    if kernel == "bicubic":
+        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+        t = F.interpolate(t.contiguous(memory_format=torch.channels_last), size=(h, w), mode="bicubic",
+                          antialias=True, align_corners=False)
+        return np.ascontiguousarray(t[0].permute(1, 2, 0).numpy())
+    if kernel == "area":
+        interp = cv2.INTER_AREA if h <= img.shape[0] else cv2.INTER_CUBIC
+        return cv2.resize(img, (w, h), interpolation=interp)
+    if kernel == "nearest":
+        return cv2.resize(img, (w, h), interpolation=cv2.INTER_NEAREST)
+    raise ValueError(f"unknown resampling kernel {kernel!r}; valid: {', '.join(KERNELS)}")
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Resize a photo mask; a pixel stays True only where it is (almost) entirely photo."""
+    if mask.shape == (size, size):
+        return mask
+    interp = cv2.INTER_AREA if size < mask.shape[0] else cv2.INTER_NEAREST
+    return cv2.resize(mask.astype(np.float32), (size, size), interpolation=interp) > 0.999
+
+
+def jpeg(img_rgb: np.ndarray, quality: int) -> np.ndarray:
+    """JPEG-compress and decode (in BGR order, as a camera's encoder sees colour)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def make_lr(gt: np.ndarray, size: int, degrade: str = "bicubic", jpeg_quality: int = NN_JPEG_QUALITY) -> np.ndarray:
+    """The deterministic evaluation LR image: "bicubic" (antialiased) or "nn-jpeg" (nearest + JPEG)."""
+    if degrade == "bicubic":
+        return resize(gt, size, "bicubic")
+    if degrade == "nn-jpeg":
+        return jpeg(resize(gt, size, "nearest"), jpeg_quality)
+    raise ValueError(f"unknown degradation {degrade!r}; valid: {', '.join(EVAL_DEGRADATIONS)}")
+
+
+@dataclass
+class Degradation:
+    """Random LR degradation: [Gaussian blur] -> down-sampling kernel -> [noise] -> [JPEG].
+
+    kernels: probability of each down-sampling kernel (bicubic, area, nearest).
+    blur / noise / jpeg: probability of each step; *_sigma / jpeg_quality: uniform ranges
+    (blur sigma in LR pixels, noise sigma on the 0-255 scale)."""
+
+    kernels: dict = field(default_factory=lambda: {"bicubic": 1.0})
+    blur: float = 0.0
+    blur_sigma: tuple = (0.3, 1.5)
+    noise: float = 0.0
+    noise_sigma: tuple = (1.0, 10.0)
+    jpeg: float = 0.0
+    jpeg_quality: tuple = (30, 95)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.kernels) - set(KERNELS))
+        if unknown or not self.kernels or min(self.kernels.values()) < 0 or sum(self.kernels.values()) <= 0:
+            raise ValueError(f"degradation kernels must map {', '.join(KERNELS)} to probabilities, "
+                             f"got {self.kernels!r}")
+        for name in ("blur", "noise", "jpeg"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"degradation {name} probability must be in [0, 1], got {getattr(self, name)!r}")
+
+    def __call__(self, gt: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        img = gt
+        if rng.random() < self.blur:
+            sigma = rng.uniform(*self.blur_sigma) * gt.shape[0] / size  # in GT pixels
+            img = cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+        names = list(self.kernels)
+        p = np.array([self.kernels[k] for k in names], np.float64)
+        img = resize(img, size, names[rng.choice(len(names), p=p / p.sum())])
+        if rng.random() < self.noise:
+            noisy = img + rng.normal(0.0, rng.uniform(*self.noise_sigma), img.shape)
+            img = np.clip(noisy + 0.5, 0, 255).astype(np.uint8)
+        if rng.random() < self.jpeg:
+            img = jpeg(img, int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
+        return img
+
+
+# --- LR-HR pairs ----------------------------------------------------------------------------
+
+
+@dataclass
+class PairConfig:
+    """lr / hr: inclusive ranges of the LR level L and HR level H sampled per batch (sec. 4.2);
+    queries: HR pixels sampled per image; photo_only: sample them inside the photo mask only."""
+
+    lr: tuple = (64, 64)
+    hr: tuple = (64, 128)
+    queries: int = 2304
+    batch_size: int = 16
+    flip: bool = True
+    photo_only: bool = True
+    degradation: Degradation = field(default_factory=Degradation)
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "hr"):
+            lo, hi = getattr(self, name)
+            if not 8 <= lo <= hi:
+                raise ValueError(f"data.{name} must be a range [lo, hi] with 8 <= lo <= hi, got {[lo, hi]}")
+        if self.hr[1] < self.lr[0]:
+            raise ValueError(f"data.hr {list(self.hr)} is below data.lr {list(self.lr)}")
+        if self.queries < 1 or self.batch_size < 1:
+            raise ValueError("data.queries and data.batch_size must be >= 1")
+
+
+def query_pixels(hr: np.ndarray, mask: np.ndarray | None, n: int, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample n pixels of an H x W x 3 target (inside `mask` when given): (flat indices, RGB in [0, 1])."""
+    pool = np.flatnonzero(mask) if mask is not None else None
+    if pool is None or pool.size == 0:
+        pool = np.arange(hr.shape[0] * hr.shape[1])
+    idx = rng.choice(pool, n, replace=pool.size < n)
+    return idx, hr.reshape(-1, 3)[idx].astype(np.float32) / 255.0
+
+
+class PairSampler:
+    """LR-HR training batches; batch `step` depends only on (seed, step), so a resumed run sees
+    exactly the batches an uninterrupted one would."""
+
+    def __init__(self, faces: FaceSet, cfg: PairConfig, seed: int = 0):
+        self.faces, self.cfg, self.seed = faces, cfg, seed
+        if cfg.hr[1] > faces.size:
+            log.warning("HR targets up to %d px are up-sampled from %d px ground truth; prepare the data at "
+                        "--size %d to avoid it", cfg.hr[1], faces.size, cfg.hr[1])
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """{"lr": B x 3 x L x L, "coord": B x Q x 2, "ratio": B x Q x 2, "rgb": B x Q x 3} (float, [0, 1])."""
+        cfg, rng = self.cfg, np.random.default_rng([self.seed, step])
+        lr_size = int(rng.integers(cfg.lr[0], cfg.lr[1] + 1))
+        hr_size = int(rng.integers(max(cfg.hr[0], lr_size), cfg.hr[1] + 1))
+        coord_table = make_coord(hr_size, hr_size)
+        lrs, coords, rgbs = [], [], []
+        for i in rng.choice(len(self.faces), cfg.batch_size, replace=len(self.faces) < cfg.batch_size):
+            gt, mask = self.faces.images[i], self.faces.masks[i]
+            if cfg.flip and rng.random() < 0.5:
+                gt, mask = gt[:, ::-1], mask[:, ::-1]
+            hr = resize(gt, hr_size, "bicubic")
+            idx, rgb = query_pixels(hr, resize_mask(mask, hr_size) if cfg.photo_only else None, cfg.queries, rng)
+            lrs.append(cfg.degradation(np.ascontiguousarray(gt), lr_size, rng))
+            coords.append(coord_table[torch.from_numpy(idx)])
+            rgbs.append(torch.from_numpy(rgb))
+        lr = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).float().div_(255.0)
+        coord = torch.stack(coords)
+        ratio = torch.tensor([lr_size / hr_size] * 2).expand_as(coord).contiguous()
+        return {"lr": lr.contiguous(), "coord": coord, "ratio": ratio, "rgb": torch.stack(rgbs)}
+
+
+class PairStream(IterableDataset):
+    """Batches for steps [start, stop) for a DataLoader(batch_size=None, num_workers=0 or 1)."""
+
+    def __init__(self, sampler: PairSampler, start: int, stop: int):
+        super().__init__()
+        self.sampler, self.start, self.stop = sampler, start, stop
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for step in range(self.start, self.stop):
+            yield self.sampler.batch(step)

@@ -1,0 +1,205 @@
+"""Training data, the training loop (loss falls, resume is exact), CLI errors, and `train.py prepare`."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+from skimage.data import astronaut
+
+import train
+from models import load_model
+from models.data import (Degradation, FaceSet, PairConfig, PairSampler, make_lr, photo_mask, resize, split_for,
+                         write_prepared)
+
+TINY_MODEL = {"name": "tiny", "encoder": {"name": "edsr", "n_resblocks": 2, "n_feats": 16},
+              "decoder": {"hidden": 32, "layers": 3}, "local_frequency": {"latent": 8, "width": 16}}
+
+
+def face_like(seed: int, size: int = 48) -> np.ndarray:
+    """A smooth, face-sized crop of skimage's astronaut (RGB uint8), shifted per seed."""
+    img = astronaut()[30:250, 140:360]
+    y, x = (seed * 7) % 40, (seed * 13) % 40
+    return cv2.resize(np.ascontiguousarray(img[y:y + 180, x:x + 180]), (size, size), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prepared")
+    write_prepared(root, [face_like(i) for i in range(12)], ["train"] * 10 + ["val"] * 2)
+    return root
+
+
+def write_config(tmp: Path, data: Path, steps: int, **train_overrides) -> Path:
+    (tmp / "tiny.yaml").write_text(yaml.safe_dump(TINY_MODEL))
+    cfg = {"model": str(tmp / "tiny.yaml"),
+           "data": {"root": str(data), "lr": [12, 16], "hr": [24, 32], "queries": 256, "batch_size": 4},
+           "train": {"steps": steps, "lr": 1e-3, "decay_at": 1.0, "log_every": 1, "save_every": 5, "threads": 1,
+                     **train_overrides},
+           "val": {"every": 5, "images": 2, "lr": 12, "hr": 32}}
+    path = tmp / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def losses(run: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if "loss" in r]
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def test_pairs_are_deterministic_and_queries_match_the_hr_target(prepared):
+    faces = FaceSet.load(prepared, "train")
+    cfg = PairConfig(lr=(12, 16), hr=(24, 32), queries=64, batch_size=3, flip=False)
+    sampler = PairSampler(faces, cfg, seed=3)
+    a, b = sampler.batch(7), sampler.batch(7)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["coord"], sampler.batch(8)["coord"])
+    lr_size, hr_size = a["lr"].shape[-1], round(a["lr"].shape[-1] / a["ratio"][0, 0, 0].item())
+    assert 12 <= lr_size <= 16 and 24 <= hr_size <= 32 and a["coord"].abs().max() < 1
+    # every query is a pixel centre of the HR grid: (y, x) = -1 + (2 i + 1) / H
+    idx = (a["coord"] + 1) * hr_size / 2 - 0.5
+    assert torch.allclose(idx, idx.round(), atol=1e-4)
+
+
+def test_queries_stay_inside_the_photo_mask():
+    img = np.full((64, 64, 3), 200, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    img[~mask] = 0
+    faces = FaceSet(images=img[None], masks=mask[None], names=["a"])
+    batch = PairSampler(faces, PairConfig(lr=(16, 16), hr=(64, 64), queries=500, batch_size=1, flip=False)).batch(0)
+    assert batch["rgb"].min() > 0.7  # never a pixel of the (black) border
+
+
+def test_degradations_keep_shape_and_eval_lr_is_deterministic():
+    gt = face_like(0, 128)
+    rng = np.random.default_rng(0)
+    mixed = Degradation(kernels={"bicubic": 1, "area": 1, "nearest": 1}, blur=0.5, noise=0.5, jpeg=0.5)
+    for _ in range(10):
+        lr = mixed(gt, 16, rng)
+        assert lr.shape == (16, 16, 3) and lr.dtype == np.uint8
+    assert np.array_equal(make_lr(gt, 16, "nn-jpeg"), make_lr(gt, 16, "nn-jpeg"))
+    with pytest.raises(ValueError, match="kernels"):
+        Degradation(kernels={"lanczos": 1.0})
+
+
+def test_bicubic_resize_is_antialiased_like_pil():
+    from PIL import Image
+
+    gt = face_like(1, 128)
+    ours = resize(gt, 20, "bicubic").astype(int)
+    pil = np.asarray(Image.fromarray(gt).resize((20, 20), Image.BICUBIC)).astype(int)
+    assert np.abs(ours - pil).max() <= 2
+
+
+def test_split_is_a_stable_hash_of_the_name():
+    names = [f"{i}_0_0_2017.jpg.chip.jpg" for i in range(2000)]
+    splits = [split_for(n) for n in names]
+    assert splits == [split_for(n) for n in names]
+    assert 0.03 < splits.count("val") / len(names) < 0.07
+
+
+def test_photo_mask_marks_the_warped_photo():
+    m = np.array([[0.5, 0, 16], [0, 0.5, 16]])  # a 64 px photo shrunk to 32 px in the middle of 64
+    mask = photo_mask(m, (64, 64), 64)
+    assert mask[20:44, 20:44].all() and not mask[:14].any() and not mask[:, 50:].any()
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def test_training_reduces_the_loss_and_writes_checkpoints(tmp_path, prepared):
+    cfg = train.load_train_config(write_config(tmp_path, prepared, steps=40))
+    summary = train.train(cfg, tmp_path / "run")
+    loss = losses(tmp_path / "run")
+    assert len(loss) == 40 and np.mean(loss[-5:]) < 0.8 * np.mean(loss[:5])
+    model = load_model(tmp_path / "run/last.safetensors", device="cpu")
+    assert model.metadata["step"] == 40 and model.metadata["config"] == "run"
+    assert {"wall_time_s", "device", "data"} <= set(model.metadata)
+    assert (tmp_path / "run/best.safetensors").is_file() and summary["best_val_psnr"] > 0
+
+
+def test_resume_continues_from_the_saved_step_exactly(tmp_path, prepared):
+    cfg = train.load_train_config(write_config(tmp_path, prepared, steps=10))
+    train.train(cfg, tmp_path / "whole")
+    cfg["train"]["steps"] = 5
+    train.train(cfg, tmp_path / "split")
+    cfg["train"]["steps"] = 10
+    summary = train.train(cfg, tmp_path / "split", resume=True)
+    assert summary["trained_steps"] == 5
+    whole, split = (load_model(tmp_path / f"{r}/last.safetensors", device="cpu") for r in ("whole", "split"))
+    assert split.metadata["step"] == 10
+    for (name, a), b in zip(whole.state_dict().items(), split.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_max_minutes_stops_early_with_a_resumable_checkpoint(tmp_path, prepared):
+    cfg = train.load_train_config(write_config(tmp_path, prepared, steps=50, max_minutes=1e-9))
+    summary = train.train(cfg, tmp_path / "run")
+    assert summary["trained_steps"] == 1
+    assert load_model(tmp_path / "run/last.safetensors", device="cpu").metadata["step"] == 1
+
+
+def test_cli_errors_are_one_line(tmp_path, prepared, capsys):
+    config = write_config(tmp_path, prepared, steps=2)
+    cases = [
+        (["--config", str(config), "--data", str(tmp_path / "missing")], "does not exist"),
+        (["--config", str(tmp_path / "nope.yaml")], "not found"),
+        (["--config", str(config), "--out", str(tmp_path / "empty"), "--resume"], "--resume: no last"),
+    ]
+    bad_key = tmp_path / "bad.yaml"
+    bad_key.write_text(yaml.safe_dump({"model": "x.yaml", "data": {"hrr": [1, 2]}}))
+    cases.append((["--config", str(bad_key)], "unknown key.*data.hrr"))
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "last.safetensors").write_bytes(b"\x00" * 64)
+    (corrupt / "last.optim.safetensors").write_bytes(b"\x00" * 64)
+    cases.append((["--config", str(config), "--out", str(corrupt), "--resume"], "not a safetensors|truncated"))
+    for argv, message in cases:
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+        assert __import__("re").search(message, err[0]), err[0]
+
+
+def test_all_shipped_train_configs_load():
+    root = Path(train.__file__).parent / "configs/train"
+    names = {p.stem for p in root.glob("*.yaml")}
+    assert {"paper_x1-2", "cctv", "cctv_cpu", "liif_cpu", "paper_x1-2_no_L", "paper_x1-2_no_G", "paper_x1-2_no_S",
+            "paper_x1-2_liif"} <= names
+    for path in root.glob("*.yaml"):
+        cfg = train.load_train_config(path)
+        train.pair_config(cfg["data"])
+        assert cfg["name"] == path.stem and train.repo_path(cfg["model"]).is_file()
+    liif, cpu = (train.load_train_config(root / f"{n}.yaml") for n in ("liif_cpu", "cctv_cpu"))
+    assert liif["data"] == cpu["data"] and liif["train"] == cpu["train"]
+    assert not train.model_config(liif)["skip"] and train.model_config(cpu)["skip"]
+
+
+# --- prepare ---------------------------------------------------------------------------------
+
+
+def test_prepare_skips_a_photo_without_a_face(tmp_path, capsys):
+    from pipeline.detect import weights_dir
+    from pipeline.errors import PipelineError
+
+    try:
+        weights_dir()
+    except PipelineError as exc:  # pragma: no cover - MTCNN weights (facenet-pytorch wheel) not installed
+        pytest.skip(str(exc))
+    src = tmp_path / "photos"
+    src.mkdir()
+    cv2.imwrite(str(src / "blank.png"), np.full((200, 200, 3), 180, np.uint8))
+    face = cv2.cvtColor(cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(src / "astro naut.jpg"), face)  # a name with a space
+    code = train.main(["prepare", "--src", str(src), "--out", str(tmp_path / "out"), "--size", "64"])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 photos -> 1 faces" in out and "1 no face" in out
+    faces = FaceSet.load(tmp_path / "out", split=None)
+    assert faces.images.shape == (1, 64, 64, 3) and faces.masks.any()
+    assert json.loads((tmp_path / "out/prepare.json").read_text())["counts"]["no_face"] == 1

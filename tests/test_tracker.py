@@ -168,3 +168,15 @@ def test_iou_matrix_and_config_validation():
         TrackerConfig(stride=0)
     with pytest.raises(ConfigError):
         TrackerConfig(low_thresh=0.99, high_thresh=0.9)
+
+
+def test_face_reappearing_where_it_was_last_seen_keeps_its_id():
+    """Someone walks down, stops, is occluded for 25 frames, and reappears at the same place: the
+    prediction has coasted away on the old velocity, the last observed box has not."""
+    trk = SortTracker()
+    for f in range(20):
+        trk.update(f, [face(300, 100 + 3 * f)])  # moving down 3 px / frame (side 40)
+    for f in range(20, 45):
+        trk.update(f, [])  # occluded: the detector runs and sees nothing
+    ups = trk.update(45, [face(300, 157)])
+    assert ids(ups) == [1] and ups[0].detection is not None

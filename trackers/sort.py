@@ -13,6 +13,9 @@ How one detection frame is processed (`update(frame_index, detections)`):
    `buffer` x their size on each side, the C-BIoU idea): a newborn track has no velocity yet, and
    with the detector on every k-th frame a face walking across the image moves by a large part
    of its own width between detections, so plain IoU would drop to 0 and spawn a new id;
+   then a recovery round for LOST tracks on buffered IoU with their last *observed* box (the
+   OC-SORT idea): after an occlusion a face reappears near where it was last seen, while the
+   prediction has coasted away on its old velocity;
 4. pass 2 (BYTE): low detections are assigned to the *confirmed* tracks left over from pass 1
    (>= low_iou_threshold). Low scores mostly come from blurred / occluded / turned faces of
    people we already follow, so they may keep a track alive but never start one;
@@ -181,6 +184,7 @@ class _Track:
         self.frames_since_update = 0  # video frames
         self.missed = False  # unmatched on the latest detection frame
         self.detection: Detection | None = det
+        self.last_box = box  # the last observed (not predicted) box, for recovery after occlusion
 
     @staticmethod
     def _side(x: np.ndarray) -> float:
@@ -207,6 +211,7 @@ class _Track:
         self.frames_since_update = 0
         self.missed = False
         self.detection = det
+        self.last_box = box
 
     @property
     def box(self) -> np.ndarray:
@@ -284,6 +289,18 @@ class SortTracker:
         if cfg.buffer > 0 and rest and free:
             iou = iou_matrix(_widen(track_boxes[rest], cfg.buffer),
                              _widen(boxes_arr[free], cfg.buffer))
+            for r, k in _assign(iou, cfg.iou_threshold):
+                tracks[rest[r]].correct(dets[free[k]], boxes_arr[free[k]])
+                matched_t.add(rest[r])
+                matched_d.add(free[k])
+
+        # Recovery round (OC-SORT's observation-centric idea): a face that reappears after an occlusion is
+        # usually where it was last seen, while the Kalman prediction has coasted away on its old velocity.
+        rest = [ti for ti in range(len(tracks)) if ti not in matched_t and tracks[ti].missed]
+        free = [i for i in high if i not in matched_d]
+        if rest and free:
+            last = np.array([tracks[ti].last_box for ti in rest]).reshape(-1, 4)
+            iou = iou_matrix(_widen(last, cfg.buffer), _widen(boxes_arr[free], cfg.buffer))
             for r, k in _assign(iou, cfg.iou_threshold):
                 tracks[rest[r]].correct(dets[free[k]], boxes_arr[free[k]])
                 matched_t.add(rest[r])

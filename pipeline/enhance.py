@@ -32,7 +32,7 @@ METHODS = ("arasfsr", "bicubic")
 
 @dataclass
 class EnhancerConfig:
-    method: str = "bicubic"
+    method: str = "arasfsr"
     weights: str = "models/weights/arasfsr_cctv.safetensors"
     output_size: int = 112
     device: str = "auto"

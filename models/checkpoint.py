@@ -64,11 +64,10 @@ def _read_header(path: Path) -> dict:
                                   "refusing to unpickle it (convert it with save_checkpoint)")
         if len(head) < 9:
             raise CheckpointError(f"checkpoint {path} is not a safetensors file (only {size} bytes)")
-        fh.seek(8)
-        head = head[:8]
-        (n,) = struct.unpack("<Q", head)
+        (n,) = struct.unpack("<Q", head[:8])
         if n > MAX_HEADER or n > size - 8:
             raise CheckpointError(f"checkpoint {path} is not a safetensors file or is truncated (bad header length)")
+        fh.seek(8)
         try:
             header = json.loads(fh.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError):

@@ -55,7 +55,8 @@ class StageTimer:
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {s: {"seconds": round(self.seconds[s], 3), "items": self.items[s],
-                    "per_second": round(self.items[s] / self.seconds[s], 2) if self.seconds[s] > 0 else None}
+                    "per_second": round(self.items[s] / self.seconds[s], 2)
+                    if self.seconds[s] > 0 and self.items[s] else None}  # a wait has no rate
                 for s in self.seconds}
 
 

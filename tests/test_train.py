@@ -176,9 +176,13 @@ def test_all_shipped_train_configs_load():
         cfg = train.load_train_config(path)
         train.pair_config(cfg["data"])
         assert cfg["name"] == path.stem and train.repo_path(cfg["model"]).is_file()
-    liif, cpu = (train.load_train_config(root / f"{n}.yaml") for n in ("liif_cpu", "cctv_cpu"))
-    assert liif["data"] == cpu["data"] and liif["train"] == cpu["train"]
-    assert not train.model_config(liif)["skip"] and train.model_config(cpu)["skip"]
+    # baselines and ablations are trained identically to the model they are compared with
+    for variant, full in (("liif_cpu", "cctv_cpu"), ("paper_cpu_liif", "paper_cpu"), ("paper_cpu_no_L", "paper_cpu")):
+        a, b = (train.load_train_config(root / f"{n}.yaml") for n in (variant, full))
+        assert a["data"] == b["data"] and a["train"] == b["train"] and a["val"] == b["val"], variant
+        assert train.model_config(a) != train.model_config(b), variant
+        assert train.model_config(a)["encoder"] == train.model_config(b)["encoder"], variant
+    assert not train.model_config(train.load_train_config(root / "paper_cpu_liif.yaml"))["skip"]
 
 
 # --- prepare ---------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import logging
@@ -39,6 +38,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import CheckpointError, build_model, charbonnier, load_model, resolve_device, save_checkpoint
+from models.config import merge_config
 from models.data import (EVAL_DEGRADATIONS, DataError, Degradation, FaceSet, PairConfig, PairSampler, PairStream,
                          laplacian_sharpness, make_lr, resize, resize_mask, split_for, write_manifest)
 from models.metrics import y_metrics
@@ -206,21 +206,7 @@ TRAIN_DEFAULTS: dict = {
               "max_minutes": 0},   # > 0: stop (after saving; --resume continues) when this run takes longer
     "val": {"every": 500, "images": 64, "lr": 64, "hr": 128, "degrade": "bicubic"},
 }
-FREE_FORM = {"model_overrides", "data.degradation.kernels"}  # mappings taken as given
-
-
-def _merge(defaults: dict, given: dict, where: str, source: Path) -> dict:
-    if not isinstance(given, dict):
-        raise UserError(f"{source}: {where.rstrip('.') or 'the config'} must be a mapping")
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(where + k for k in unknown)}; "
-                        f"valid: {', '.join(where + k for k in defaults)}")
-    out = copy.deepcopy(defaults)
-    for key, value in given.items():
-        nested = isinstance(defaults[key], dict) and where + key not in FREE_FORM
-        out[key] = _merge(defaults[key], value, f"{where}{key}.", source) if nested else value
-    return out
+FREE_FORM = frozenset({"model_overrides", "data.degradation.kernels"})  # mappings taken as given
 
 
 def load_train_config(path: str | Path) -> dict:
@@ -235,7 +221,10 @@ def load_train_config(path: str | Path) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the config must be a mapping")
     base = load_train_config(path.parent / raw["base"]) if raw.get("base") else TRAIN_DEFAULTS
-    cfg = _merge(base, raw, "", path)
+    try:
+        cfg = merge_config(base, raw, "train config", free_form=FREE_FORM)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     cfg["name"], cfg["base"] = raw.get("name") or path.stem, raw.get("base", "")
     if not cfg["model"]:
         raise UserError(f"{path}: no `model:` (a configs/model/*.yaml file)")

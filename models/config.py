@@ -21,16 +21,25 @@ DEFAULTS = {
 }
 
 
-def _merge(defaults: dict, given: dict, where: str) -> dict:
+def merge_config(defaults: dict, given: dict, kind: str, where: str = "", free_form: frozenset = frozenset()) -> dict:
+    """`given` merged over a deep copy of `defaults`; a key not in `defaults` raises ValueError naming the valid ones.
+
+    `kind` names the config in messages ("model config"); `free_form` lists dotted keys whose mapping is taken
+    as given (not checked against the defaults).
+
+        >>> merge_config({"a": {"b": 1}}, {"a": {"b": 2}}, "demo config")
+        {'a': {'b': 2}}
+    """
     if not isinstance(given, dict):
-        raise ValueError(f"model config {where or 'root'} must be a mapping, got {type(given).__name__}")
+        raise ValueError(f"{kind} {where.rstrip('.') or 'root'} must be a mapping, got {type(given).__name__}")
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown model config key(s) {', '.join(where + k for k in unknown)}; "
+        raise ValueError(f"unknown {kind} key(s) {', '.join(where + k for k in unknown)}; "
                          f"valid: {', '.join(where + k for k in sorted(defaults))}")
     out = copy.deepcopy(defaults)
     for key, value in given.items():
-        out[key] = _merge(defaults[key], value, f"{where}{key}.") if isinstance(defaults[key], dict) else value
+        nested = isinstance(defaults[key], dict) and where + key not in free_form
+        out[key] = merge_config(defaults[key], value, kind, f"{where}{key}.", free_form) if nested else value
     return out
 
 
@@ -42,7 +51,7 @@ def resolve_config(cfg: dict) -> dict:
         raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(ENCODER_DEFAULTS)}")
     defaults = copy.deepcopy(DEFAULTS)
     defaults["encoder"] = {"name": name, **ENCODER_DEFAULTS[name]}
-    out = _merge(defaults, cfg or {}, "")
+    out = merge_config(defaults, cfg or {}, "model config")
     if out["decoder"]["layers"] < 1 or out["decoder"]["hidden"] < 1:
         raise ValueError("decoder.layers and decoder.hidden must be >= 1")
     return out

@@ -154,7 +154,7 @@ def test_cli_errors_are_one_line(tmp_path, prepared, capsys):
     ]
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text(yaml.safe_dump({"model": "x.yaml", "data": {"hrr": [1, 2]}}))
-    cases.append((["--config", str(bad_key)], "unknown key.*data.hrr"))
+    cases.append((["--config", str(bad_key)], "unknown train config key.*data.hrr"))
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()
     (corrupt / "last.safetensors").write_bytes(b"\x00" * 64)

@@ -39,8 +39,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models import CheckpointError, build_model, charbonnier, load_model, resolve_device, save_checkpoint
 from models.config import merge_config
-from models.data import (EVAL_DEGRADATIONS, DataError, Degradation, FaceSet, PairConfig, PairSampler, PairStream,
-                         laplacian_sharpness, make_lr, resize, resize_mask, split_for, write_manifest)
+from models.data import (EVAL_DEGRADATIONS, DataError, Degradation, FaceSet, FrameDegradation, PairConfig,
+                         PairSampler, PairStream, laplacian_sharpness, make_lr, resize, resize_mask, split_for,
+                         write_manifest)
 from models.metrics import y_metrics
 from pipeline.errors import PipelineError
 
@@ -200,8 +201,14 @@ TRAIN_DEFAULTS: dict = {
         "photo_only": True,   # sample queries only where the face photo is (not replicated border)
         "degradation": {"kernels": {"bicubic": 1.0}, "blur": 0.0, "blur_sigma": [0.3, 1.5], "noise": 0.0,
                         "noise_sigma": [1.0, 10.0], "jpeg": 0.0, "jpeg_quality": [30, 95]},
+        "gray": 0.0,          # chance of a grayscale sample (night / IR cameras)
+        # enabled: replace `degradation` by the camera-frame simulation (models.data.FrameDegradation)
+        "frame": {"enabled": False, "clean": 0.35, "pixel_sigma": 0.35, "psf_sigma": [0.0, 0.7], "roll": 15.0,
+                  "landmark_jitter": [0.0, 0.06], "noise": 0.5, "noise_sigma": [1.0, 10.0], "h264": 0.5,
+                  "jpeg_quality": [25, 90], "h264_crf": [20, 40]},
     },
-    "train": {"steps": 1000, "lr": 1.0e-4, "decay_at": 0.5, "decay": 0.1, "seed": 0, "device": "auto",
+    "train": {"init": "",    # weights to start from (same model config), e.g. to fine-tune shipped weights
+              "steps": 1000, "lr": 1.0e-4, "decay_at": 0.5, "decay": 0.1, "seed": 0, "device": "auto",
               "threads": 0, "workers": 0, "log_every": 50, "save_every": 500,
               "max_minutes": 0},   # > 0: stop (after saving; --resume continues) when this run takes longer
     "val": {"every": 500, "images": 64, "lr": 64, "hr": 128, "degrade": "bicubic"},
@@ -251,13 +258,17 @@ def model_config(cfg: dict) -> dict:
 
 def pair_config(data: dict) -> PairConfig:
     try:
-        deg = data["degradation"]
-        degradation = Degradation(kernels=dict(deg["kernels"]), blur=deg["blur"], blur_sigma=tuple(deg["blur_sigma"]),
-                                  noise=deg["noise"], noise_sigma=tuple(deg["noise_sigma"]), jpeg=deg["jpeg"],
-                                  jpeg_quality=tuple(deg["jpeg_quality"]))
+        deg, frame = data["degradation"], dict(data["frame"])
+        if frame.pop("enabled"):
+            degradation = FrameDegradation(**{k: tuple(v) if isinstance(v, list) else v for k, v in frame.items()})
+        else:
+            degradation = Degradation(kernels=dict(deg["kernels"]), blur=deg["blur"],
+                                      blur_sigma=tuple(deg["blur_sigma"]), noise=deg["noise"],
+                                      noise_sigma=tuple(deg["noise_sigma"]), jpeg=deg["jpeg"],
+                                      jpeg_quality=tuple(deg["jpeg_quality"]))
         return PairConfig(lr=tuple(data["lr"]), hr=tuple(data["hr"]), queries=int(data["queries"]),
                           batch_size=int(data["batch_size"]), flip=bool(data["flip"]),
-                          photo_only=bool(data["photo_only"]), degradation=degradation)
+                          photo_only=bool(data["photo_only"]), gray=float(data["gray"]), degradation=degradation)
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad data config: {exc}") from None
 
@@ -335,6 +346,12 @@ def train(cfg: dict, out: Path, resume: bool = False) -> dict:
         model = build_model(model_config(cfg)).to(device).train()
     except ValueError as exc:
         raise UserError(f"bad model config {cfg['model']}: {exc}") from None
+    if tc["init"] and not resume:
+        init = load_model(repo_path(tc["init"]), device=device)
+        if init.config != model.config:
+            raise UserError(f"train.init: {tc['init']} has another model config than {cfg['model']}")
+        model.load_state_dict(init.state_dict())
+        log.info("starting from the weights of %s", tc["init"])
     opt = torch.optim.Adam(model.parameters(), lr=float(tc["lr"]))
     start, best, wall = 0, -math.inf, 0.0
     last, best_path, optim_path = out / "last.safetensors", out / "best.safetensors", out / "last.optim.safetensors"

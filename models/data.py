@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
+from . import camera
 from .arasfsr import make_coord
 
 log = logging.getLogger(__name__)
@@ -204,11 +205,8 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 
 
 def jpeg(img_rgb: np.ndarray, quality: int) -> np.ndarray:
-    """JPEG-compress and decode (in BGR order, as a camera's encoder sees colour)."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    """JPEG-compress and decode an RGB image (in BGR order, as a camera's encoder sees colour)."""
+    return cv2.cvtColor(camera.jpeg(cv2.cvtColor(img_rgb, cv2.COLOR_RGB2BGR), quality), cv2.COLOR_BGR2RGB)
 
 
 def make_lr(gt: np.ndarray, size: int, degrade: str = "bicubic", jpeg_quality: int = NN_JPEG_QUALITY) -> np.ndarray:
@@ -260,6 +258,86 @@ class Degradation:
             img = jpeg(img, int(rng.integers(self.jpeg_quality[0], self.jpeg_quality[1] + 1)))
         return img
 
+    def sample(self, gt: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, None]:
+        """(LR, None): the HR target is the whole ground truth resampled (see `hr_target`)."""
+        return self(gt, size, rng), None
+
+
+@dataclass
+class FrameDegradation:
+    """What the pipeline really feeds the model: the face in a camera frame, then the aligner's crop.
+
+    Per sample: the ground-truth face (canonical framing, S x S) is placed in a small frame at the
+    camera's scale (its canonical side = the LR size L), rolled by up to `roll` degrees, at a
+    random sub-pixel and JPEG/H.264 block-grid phase, through a Gaussian optics + pixel blur of
+    `pixel_sigma` + psf (frame px); with probability 1 - `clean` the camera then adds noise and
+    compresses the frame (JPEG or H.264, models/camera.py); finally the landmarks, jittered like a
+    detector's on a small face (s.d. `landmark_jitter` x the eye distance), drive the pipeline's own
+    aligner (pipeline.align.align_face) to cut the L x L crop. Returns the crop and the 2 x 3 transform ground-truth px -> crop px, so
+    the HR target is the very same (jittered) canonical window.
+    """
+
+    clean: float = 0.35
+    pixel_sigma: float = 0.35
+    psf_sigma: tuple = (0.0, 0.7)
+    roll: float = 15.0
+    landmark_jitter: tuple = (0.0, 0.06)
+    noise: float = 0.5
+    noise_sigma: tuple = (1.0, 10.0)
+    h264: float = 0.5
+    jpeg_quality: tuple = (25, 90)
+    h264_crf: tuple = (20, 40)
+
+    def __post_init__(self) -> None:
+        for name in ("clean", "noise", "h264"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"frame degradation {name} probability must be in [0, 1], got {getattr(self, name)!r}")
+
+    def sample(self, gt: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        from pipeline.align import TEMPLATE, align_face  # the aligner's own warp, not a copy
+        from pipeline.records import Detection
+
+        s = size / gt.shape[0]  # frame px per ground-truth px
+        theta = np.deg2rad(rng.uniform(-self.roll, self.roll))
+        side = int(np.ceil(size * 1.6)) + 8
+        centre = np.array([side / 2, side / 2]) + rng.uniform(0, 8, 2)  # sub-pixel and 8x8 block phase
+        rot = s * np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+        to_frame = np.hstack([rot, (centre - rot @ np.full(2, (gt.shape[0] - 1) / 2))[:, None]])
+        sigma = max(float(np.hypot(self.pixel_sigma, rng.uniform(*self.psf_sigma))), 0.05) / s  # in GT px
+        frame = cv2.warpAffine(cv2.GaussianBlur(gt, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE), to_frame,
+                               (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        frame = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+        if rng.random() >= self.clean:
+            noise = rng.uniform(*self.noise_sigma) if rng.random() < self.noise else 0.0
+            if rng.random() < self.h264:
+                cam = camera.CameraModel(noise, h264_crf=int(rng.integers(self.h264_crf[0], self.h264_crf[1] + 1)))
+            else:
+                cam = camera.CameraModel(noise, jpeg_quality=int(rng.integers(self.jpeg_quality[0],
+                                                                             self.jpeg_quality[1] + 1)))
+            frame = cam(frame, rng)
+        landmarks = TEMPLATE.for_size(gt.shape[0]) @ to_frame[:, :2].T + to_frame[:, 2]
+        eye = float(np.linalg.norm(landmarks[1] - landmarks[0]))
+        landmarks = landmarks + rng.normal(0.0, rng.uniform(*self.landmark_jitter) * eye, landmarks.shape)
+        face = align_face(frame, Detection(np.zeros(4), 1.0, landmarks), 0, 0, min_size=size, max_size=size)
+        lr = cv2.cvtColor(face.crop, cv2.COLOR_BGR2RGB)
+        to_lr = face.transform @ np.vstack([to_frame, [0, 0, 1]])
+        return lr, to_lr
+
+
+def hr_target(gt: np.ndarray, mask: np.ndarray, hr_size: int, lr_size: int,
+              to_lr: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The HR target and its photo mask: the ground truth resampled to hr_size, or, given the
+    ground truth -> LR crop transform, the LR crop's own window rendered at hr_size."""
+    if to_lr is None:
+        return resize(gt, hr_size, "bicubic"), resize_mask(mask, hr_size)
+    k = hr_size / lr_size  # crop px p -> HR px (p + 0.5) k - 0.5 (pixel centres, as pipeline.align)
+    m = to_lr * k
+    m[:, 2] += 0.5 * k - 0.5
+    hr = cv2.warpAffine(gt, m, (hr_size, hr_size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    inside = cv2.warpAffine(mask.astype(np.uint8), m, (hr_size, hr_size), flags=cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return hr, inside.astype(bool)
+
 
 # --- LR-HR pairs ----------------------------------------------------------------------------
 
@@ -275,7 +353,8 @@ class PairConfig:
     batch_size: int = 16
     flip: bool = True
     photo_only: bool = True
-    degradation: Degradation = field(default_factory=Degradation)
+    gray: float = 0.0  # chance of a grayscale sample (night / IR cameras): LR and HR alike
+    degradation: Degradation | FrameDegradation = field(default_factory=Degradation)
 
     def __post_init__(self) -> None:
         for name in ("lr", "hr"):
@@ -319,9 +398,13 @@ class PairSampler:
             gt, mask = self.faces.images[i], self.faces.masks[i]
             if cfg.flip and rng.random() < 0.5:
                 gt, mask = gt[:, ::-1], mask[:, ::-1]
-            hr = resize(gt, hr_size, "bicubic")
-            idx, rgb = query_pixels(hr, resize_mask(mask, hr_size) if cfg.photo_only else None, cfg.queries, rng)
-            lrs.append(cfg.degradation(np.ascontiguousarray(gt), lr_size, rng))
+            if cfg.gray and rng.random() < cfg.gray:
+                gt = cv2.cvtColor(cv2.cvtColor(np.ascontiguousarray(gt), cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+            gt, mask = np.ascontiguousarray(gt), np.ascontiguousarray(mask)
+            lr, to_lr = cfg.degradation.sample(gt, lr_size, rng)
+            hr, hr_mask = hr_target(gt, mask, hr_size, lr_size, to_lr)
+            idx, rgb = query_pixels(hr, hr_mask if cfg.photo_only else None, cfg.queries, rng)
+            lrs.append(lr)
             coords.append(coord_table[torch.from_numpy(idx)])
             rgbs.append(torch.from_numpy(rgb))
         lr = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).float().div_(255.0)

@@ -11,8 +11,8 @@ from skimage.data import astronaut
 
 import train
 from models import load_model
-from models.data import (Degradation, FaceSet, PairConfig, PairSampler, make_lr, photo_mask, resize, split_for,
-                         write_prepared)
+from models.data import (Degradation, FaceSet, FrameDegradation, PairConfig, PairSampler, hr_target, make_lr,
+                         photo_mask, resize, split_for, write_prepared)
 
 TINY_MODEL = {"name": "tiny", "encoder": {"name": "edsr", "n_resblocks": 2, "n_feats": 16},
               "decoder": {"hidden": 32, "layers": 3}, "local_frequency": {"latent": 8, "width": 16}}
@@ -86,6 +86,70 @@ def test_degradations_keep_shape_and_eval_lr_is_deterministic():
     assert np.array_equal(make_lr(gt, 16, "nn-jpeg"), make_lr(gt, 16, "nn-jpeg"))
     with pytest.raises(ValueError, match="kernels"):
         Degradation(kernels={"lanczos": 1.0})
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0 ** 2 / np.mean((a.astype(float) - b.astype(float)) ** 2)))
+
+
+def test_frame_degradation_crop_and_hr_target_show_the_same_window():
+    # The LR crop comes from a rolled, shifted frame through the aligner; the HR target must be that
+    # very window: the LR crop up-sampled matches it best unshifted, and clearly better than shifted.
+    gt = face_like(0, 128)
+    mask = np.ones(gt.shape[:2], bool)
+    deg = FrameDegradation(clean=1.0, landmark_jitter=(0.0, 0.0))
+    for seed in range(3):
+        lr, to_lr = deg.sample(gt, 24, np.random.default_rng(seed))
+        assert lr.shape == (24, 24, 3) and lr.dtype == np.uint8 and to_lr.shape == (2, 3)
+        hr, hr_mask = hr_target(gt, mask, 96, 24, to_lr)
+        up = cv2.resize(lr, (96, 96), interpolation=cv2.INTER_CUBIC)[8:-8, 8:-8]
+        scores = {(dy, dx): _psnr(np.roll(up, (dy, dx), (0, 1)), hr[8:-8, 8:-8])
+                  for dy in (-2, 0, 2) for dx in (-2, 0, 2)}
+        assert max(scores, key=scores.get) == (0, 0)
+        assert scores[(0, 0)] > max(v for k, v in scores.items() if k != (0, 0)) + 1.0
+        assert hr_mask[8:-8, 8:-8].all()  # the face window lies inside the photo
+
+
+def test_frame_degradation_compresses_unless_clean_and_is_seeded():
+    gt = face_like(1, 128)
+    clean = FrameDegradation(clean=1.0, landmark_jitter=(0.0, 0.0))
+    h264 = FrameDegradation(clean=0.0, noise=0.0, h264=1.0, h264_crf=(40, 40), landmark_jitter=(0.0, 0.0))
+    jpeg = FrameDegradation(clean=0.0, noise=0.0, h264=0.0, jpeg_quality=(20, 20), landmark_jitter=(0.0, 0.0))
+    ref, _ = clean.sample(gt, 32, np.random.default_rng(5))
+    for deg in (h264, jpeg):
+        a, to_a = deg.sample(gt, 32, np.random.default_rng(5))
+        b, _ = deg.sample(gt, 32, np.random.default_rng(5))
+        assert np.array_equal(a, b)  # same seed, same sample
+        assert np.allclose(to_a, clean.sample(gt, 32, np.random.default_rng(5))[1])  # same geometry
+        assert 20.0 < _psnr(a, ref) < 45.0  # compressed: visibly, not unrecognisably, different
+
+
+def test_frame_pairs_through_the_sampler_and_config(tmp_path, prepared):
+    cfg = yaml.safe_load(write_config(tmp_path, prepared, 2).read_text())
+    cfg["data"].update({"gray": 1.0, "frame": {"enabled": True, "clean": 1.0}})
+    (tmp_path / "frame.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = train.load_train_config(tmp_path / "frame.yaml")
+    pairs = train.pair_config(loaded["data"])
+    assert isinstance(pairs.degradation, FrameDegradation) and pairs.gray == 1.0
+    batch = PairSampler(FaceSet.load(prepared, "train"), pairs, seed=0).batch(0)
+    assert batch["lr"].shape[1:] in {torch.Size([3, n, n]) for n in range(12, 17)}
+    lr = batch["lr"]
+    assert torch.allclose(lr[:, 0], lr[:, 1], atol=1 / 255) and torch.allclose(lr[:, 1], lr[:, 2], atol=1 / 255)
+    rgb = batch["rgb"]
+    assert torch.allclose(rgb[..., 0], rgb[..., 2], atol=1 / 255)  # gray targets too
+
+
+def test_training_can_start_from_given_weights(tmp_path, prepared):
+    first = tmp_path / "first"
+    assert train.main(["--config", str(write_config(tmp_path, prepared, 5)), "--out", str(first)]) == 0
+    config = write_config(tmp_path, prepared, 1, init=str(first / "last.safetensors"), lr=1e-9)
+    assert train.main(["--config", str(config), "--out", str(tmp_path / "second")]) == 0
+    a, b = load_model(first / "last.safetensors"), load_model(tmp_path / "second" / "last.safetensors")
+    assert all(torch.allclose(a.state_dict()[k], v, atol=1e-5) for k, v in b.state_dict().items())
+    other = dict(TINY_MODEL, decoder={"hidden": 16, "layers": 3})
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(other))
+    with pytest.raises(train.UserError, match="train.init"):
+        train.train(train.load_train_config(config), tmp_path / "third")
 
 
 def test_bicubic_resize_is_antialiased_like_pil():

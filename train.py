@@ -203,7 +203,7 @@ TRAIN_DEFAULTS: dict = {
                         "noise_sigma": [1.0, 10.0], "jpeg": 0.0, "jpeg_quality": [30, 95]},
         "gray": 0.0,          # chance of a grayscale sample (night / IR cameras)
         # enabled: replace `degradation` by the camera-frame simulation (models.data.FrameDegradation)
-        "frame": {"enabled": False, "clean": 0.35, "pixel_sigma": 0.35, "psf_sigma": [0.0, 0.7], "roll": 15.0,
+        "frame": {"enabled": False, "aligned": 0.25, "clean": 0.35, "pixel_sigma": 0.35, "psf_sigma": [0.0, 0.7], "roll": 15.0,
                   "landmark_jitter": [0.0, 0.06], "noise": 0.5, "noise_sigma": [1.0, 10.0], "h264": 0.5,
                   "jpeg_quality": [25, 90], "h264_crf": [20, 40]},
     },

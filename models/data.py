@@ -273,10 +273,13 @@ class FrameDegradation:
     `pixel_sigma` + psf (frame px); with probability 1 - `clean` the camera then adds noise and
     compresses the frame (JPEG or H.264, models/camera.py); finally the landmarks, jittered like a
     detector's on a small face (s.d. `landmark_jitter` x the eye distance), drive the pipeline's own
-    aligner (pipeline.align.align_face) to cut the L x L crop. Returns the crop and the 2 x 3 transform ground-truth px -> crop px, so
+    aligner (pipeline.align.align_face) to cut the L x L crop. A share `aligned` of the samples
+    is the paper's protocol instead (the aligned face shrunk with antialiased bicubic): it keeps the
+    model sharp on clean, well-resolved faces. Returns the crop and the 2 x 3 transform ground-truth px -> crop px, so
     the HR target is the very same (jittered) canonical window.
     """
 
+    aligned: float = 0.25
     clean: float = 0.35
     pixel_sigma: float = 0.35
     psf_sigma: tuple = (0.0, 0.7)
@@ -289,11 +292,13 @@ class FrameDegradation:
     h264_crf: tuple = (20, 40)
 
     def __post_init__(self) -> None:
-        for name in ("clean", "noise", "h264"):
+        for name in ("aligned", "clean", "noise", "h264"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"frame degradation {name} probability must be in [0, 1], got {getattr(self, name)!r}")
 
-    def sample(self, gt: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, gt: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+        if rng.random() < self.aligned:
+            return resize(gt, size, "bicubic"), None
         from pipeline.align import TEMPLATE, align_face  # the aligner's own warp, not a copy
         from pipeline.records import Detection
 

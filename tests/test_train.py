@@ -97,7 +97,7 @@ def test_frame_degradation_crop_and_hr_target_show_the_same_window():
     # very window: the LR crop up-sampled matches it best unshifted, and clearly better than shifted.
     gt = face_like(0, 128)
     mask = np.ones(gt.shape[:2], bool)
-    deg = FrameDegradation(clean=1.0, landmark_jitter=(0.0, 0.0))
+    deg = FrameDegradation(aligned=0.0, clean=1.0, landmark_jitter=(0.0, 0.0))
     for seed in range(3):
         lr, to_lr = deg.sample(gt, 24, np.random.default_rng(seed))
         assert lr.shape == (24, 24, 3) and lr.dtype == np.uint8 and to_lr.shape == (2, 3)
@@ -112,9 +112,9 @@ def test_frame_degradation_crop_and_hr_target_show_the_same_window():
 
 def test_frame_degradation_compresses_unless_clean_and_is_seeded():
     gt = face_like(1, 128)
-    clean = FrameDegradation(clean=1.0, landmark_jitter=(0.0, 0.0))
-    h264 = FrameDegradation(clean=0.0, noise=0.0, h264=1.0, h264_crf=(40, 40), landmark_jitter=(0.0, 0.0))
-    jpeg = FrameDegradation(clean=0.0, noise=0.0, h264=0.0, jpeg_quality=(20, 20), landmark_jitter=(0.0, 0.0))
+    clean = FrameDegradation(aligned=0.0, clean=1.0, landmark_jitter=(0.0, 0.0))
+    h264 = FrameDegradation(aligned=0.0, clean=0.0, noise=0.0, h264=1.0, h264_crf=(40, 40), landmark_jitter=(0.0, 0.0))
+    jpeg = FrameDegradation(aligned=0.0, clean=0.0, noise=0.0, h264=0.0, jpeg_quality=(20, 20), landmark_jitter=(0.0, 0.0))
     ref, _ = clean.sample(gt, 32, np.random.default_rng(5))
     for deg in (h264, jpeg):
         a, to_a = deg.sample(gt, 32, np.random.default_rng(5))
@@ -124,9 +124,17 @@ def test_frame_degradation_compresses_unless_clean_and_is_seeded():
         assert 20.0 < _psnr(a, ref) < 45.0  # compressed: visibly, not unrecognisably, different
 
 
+def test_frame_degradation_aligned_share_is_the_paper_protocol():
+    gt = face_like(2, 128)
+    lr, to_lr = FrameDegradation(aligned=1.0).sample(gt, 20, np.random.default_rng(0))
+    assert to_lr is None and np.array_equal(lr, resize(gt, 20, "bicubic"))
+    hr, _ = hr_target(gt, np.ones(gt.shape[:2], bool), 112, 20, to_lr)
+    assert np.array_equal(hr, resize(gt, 112, "bicubic"))
+
+
 def test_frame_pairs_through_the_sampler_and_config(tmp_path, prepared):
     cfg = yaml.safe_load(write_config(tmp_path, prepared, 2).read_text())
-    cfg["data"].update({"gray": 1.0, "frame": {"enabled": True, "clean": 1.0}})
+    cfg["data"].update({"gray": 1.0, "frame": {"enabled": True, "aligned": 0.5, "clean": 1.0}})
     (tmp_path / "frame.yaml").write_text(yaml.safe_dump(cfg))
     loaded = train.load_train_config(tmp_path / "frame.yaml")
     pairs = train.pair_config(loaded["data"])

@@ -8,10 +8,14 @@ before it is cropped for the next stage.
 
 The weights are the ones shipped in the facenet-pytorch wheel (`facenet_pytorch/data/*.pt`).
 The wheel is located on disk but never imported (it imports torchvision). The steps follow the
-stock `facenet_pytorch.MTCNN` (same pyramid, area resampling, box regression, NMS variants), so
-results match it on frames no larger than `max_side`. Frames are batched through the pyramid
+stock `facenet_pytorch.MTCNN` (same pyramid, area resampling when shrinking, box regression, NMS
+variants), so results match it on frames no larger than `max_side` whose faces are all larger
+than O-Net's 48 px window. One deliberate difference: where an image is enlarged (a pyramid level
+above scale 1, or an R-Net / O-Net crop smaller than 24 / 48 px, i.e. a small face), it is
+resampled bilinearly; the stock "area" kernel repeats pixels into blocks there, and small JPEG
+faces are then missed (benchmarks/detect_small.py). Frames are batched through the pyramid
 (all frames of one size together); crops for R-Net and O-Net are resampled for all windows at
-once from a summed-area table.
+once from a summed-area table (and the frames' pixels, for the enlarged ones).
 
 Example:
     >>> import numpy as np
@@ -51,6 +55,8 @@ class DetectorConfig:
     """MTCNN settings; the defaults are facenet-pytorch's.
 
     min_face_size: smallest face searched for, in pixels of the (possibly down-scaled) image.
+        Below 12 (P-Net's window) the pyramid starts above scale 1: the frame is enlarged
+        (bilinear) and detection time grows roughly as 1 / min_face_size^2.
     thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
     factor: scale step between pyramid levels.
     max_side: frames whose longer side exceeds this are down-scaled to it before detection;
@@ -212,6 +218,15 @@ def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -
     return scales
 
 
+def pyramid_level(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resample B x C x H x W images to one pyramid level: area averaging when shrinking (the
+    reference's kernel), bilinear when enlarging (levels above scale 1, for faces below P-Net's
+    12 px window, and the one-pixel stretch at scale 1), where "area" would repeat pixels."""
+    if size[0] <= images.shape[2] and size[1] <= images.shape[3]:
+        return F.interpolate(images, size=size, mode="area")
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+
+
 def _overlaps(boxes: np.ndarray, others: np.ndarray, pad: float, mode: str) -> np.ndarray:
     """Overlap matrix len(boxes) x len(others): IoU, or intersection over the smaller area."""
     a, b = boxes[:, None, :], others[None, :, :]
@@ -331,11 +346,47 @@ def summed_area_table(images: Tensor) -> Tensor:
     return F.pad(table, (0, 0, 1, 0, 1, 0))
 
 
-def resample_windows(table: Tensor, image_index: Tensor, windows: Tensor, size: int) -> Tensor:
-    """Area-resample every window to size x size: N x C x size x size float in [0, 255].
+def resample_windows(
+    table: Tensor, image_index: Tensor, windows: Tensor, size: int, images: Tensor | None = None
+) -> Tensor:
+    """Resample every window to size x size: N x C x size x size float in [0, 255].
 
-    Output pixel i averages input rows [floor(i*L/size), ceil((i+1)*L/size)), exactly what
-    F.interpolate(crop, size, mode="area") does per crop, but for all windows in one go."""
+    Each axis is resampled on its own. Shrinking (window side >= size): output pixel i averages
+    input rows [floor(i*L/size), ceil((i+1)*L/size)), exactly what F.interpolate(crop, size,
+    mode="area") does per crop, from the summed-area table `table`. Enlarging (side < size: a
+    face smaller than R-Net's 24 px or O-Net's 48 px window): bilinear between pixel centres,
+    edges clamped, like F.interpolate(mode="bilinear", align_corners=False); "area" would repeat
+    pixels into blocks, which the networks never saw in training. `images` (B x H x W x C, the
+    frames of the table) supplies the pixels for that; None: they are recovered from the table.
+    """
+    lengths = windows[:, 2:4] - windows[:, 0:2]
+    down, up = (lengths >= size).all(1), (lengths < size).all(1)
+    if bool(down.all()):
+        return _area_windows(table, image_index, windows, size).permute(0, 3, 1, 2)  # channels-last: faster convs
+    if images is None:
+        images = table.diff(dim=1).diff(dim=2)
+    out = torch.empty(len(windows), size, size, table.shape[3], device=windows.device)
+    if bool(down.any()):
+        out[down] = _area_windows(table, image_index[down], windows[down], size)
+    if bool(up.any()):
+        out[up] = _bilinear_windows(images, image_index[up], windows[up], size)
+    for k in torch.nonzero(~(down | up)).flatten().tolist():  # one side of each kind: rare (clipped at a border)
+        x0, y0, x1, y1 = windows[k].tolist()
+        crop = images[image_index[k], y0:y1, x0:x1].permute(2, 0, 1)[None].float()
+        crop = _resize_axis(crop, size, y1 - y0 < size, dim=2)
+        out[k] = _resize_axis(crop, size, x1 - x0 < size, dim=3)[0].permute(1, 2, 0)
+    return out.permute(0, 3, 1, 2)
+
+
+def _resize_axis(crop: Tensor, size: int, enlarge: bool, dim: int) -> Tensor:
+    target = (size, crop.shape[3]) if dim == 2 else (crop.shape[2], size)
+    if enlarge:
+        return F.interpolate(crop, size=target, mode="bilinear", align_corners=False)
+    return F.interpolate(crop, size=target, mode="area")
+
+
+def _area_windows(table: Tensor, image_index: Tensor, windows: Tensor, size: int) -> Tensor:
+    """Area-resample (box average) every window: N x size x size x C, exact (integer sums)."""
     batch, rows, cols, channels = table.shape
     i = torch.arange(size, device=windows.device)
 
@@ -356,7 +407,36 @@ def resample_windows(table: Tensor, image_index: Tensor, windows: Tensor, size: 
 
     total = corner(y_hi, x_hi) - corner(y_lo, x_hi) - corner(y_hi, x_lo) + corner(y_lo, x_lo)
     area = (y_hi - y_lo)[:, :, None] * (x_hi - x_lo)[:, None, :]
-    return (total.float() / area[..., None].float()).permute(0, 3, 1, 2)  # channels-last: faster convs on CPU
+    return total.float() / area[..., None].float()
+
+
+def _bilinear_windows(images: Tensor, image_index: Tensor, windows: Tensor, size: int) -> Tensor:
+    """Bilinear resampling of every window (pixel centres, edges clamped): N x size x size x C."""
+    batch, rows, cols, channels = images.shape
+    i = torch.arange(size, device=windows.device, dtype=torch.float32)
+
+    def taps(start: Tensor, end: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        s, e = start[:, None], end[:, None]
+        src = ((i + 0.5) * (e - s).float() / size - 0.5).clamp(min=0)  # window coordinates
+        p = src.long()  # floor (src >= 0)
+        frac = src - p
+        p0 = (s + p).clamp(max=e - 1)
+        return p0, (p0 + 1).clamp(max=e - 1), frac
+
+    x0, x1, fx = taps(windows[:, 0], windows[:, 2])
+    y0, y1, fy = taps(windows[:, 1], windows[:, 3])
+    flat = images.reshape(batch * rows * cols, channels)
+    base = image_index[:, None, None] * rows
+    row0, row1 = (base + y0[:, :, None]) * cols, (base + y1[:, :, None]) * cols  # N x size x 1
+    x0, x1 = x0[:, None, :], x1[:, None, :]  # N x 1 x size
+
+    def pixel(row: Tensor, xs: Tensor) -> Tensor:  # N x size x size x C
+        return flat.index_select(0, (row + xs).flatten()).view(len(windows), size, size, channels).float()
+
+    fx, fy = fx[:, None, :, None], fy[:, :, None, None]
+    top = pixel(row0, x0).lerp_(pixel(row0, x1), fx)
+    bottom = pixel(row1, x0).lerp_(pixel(row1, x1), fx)
+    return top.lerp_(bottom, fy)
 
 
 def _normalize(pixels: Tensor) -> Tensor:
@@ -473,9 +553,9 @@ class MTCNNDetector:
         table = summed_area_table(rgb)
         boxes, index = self._propose(images)
         if len(boxes):
-            boxes, index = self._refine(table, boxes, index)
+            boxes, index = self._refine(table, rgb, boxes, index)
         if len(boxes):
-            boxes, scores, index, points = self._output(table, boxes, index)
+            boxes, scores, index, points = self._output(table, rgb, boxes, index)
         else:
             scores, points = boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
         boxes, scores, points = (t.float().cpu().numpy() for t in (boxes, scores, points))
@@ -488,7 +568,7 @@ class MTCNNDetector:
         threshold = self.config.thresholds[0]
         found: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for scale in pyramid_scales(height, width, self.config.min_face_size, self.config.factor):
-            level = F.interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+            level = pyramid_level(images, (int(height * scale + 1), int(width * scale + 1)))
             offsets, prob = self.pnet(_normalize(level))
             index, row, col = torch.nonzero(prob >= threshold, as_tuple=True)
             if index.numel() == 0:
@@ -509,11 +589,11 @@ class MTCNNDetector:
         windows, valid = crop_windows(boxes, table.shape[1] - 1, table.shape[2] - 1)
         return boxes[valid], index[valid], windows[valid]
 
-    def _refine(self, table: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    def _refine(self, table: Tensor, rgb: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         """Stage 2: R-Net on 24 x 24 crops; threshold, NMS, regression, squared boxes."""
         boxes, index, windows = self._crops(table, boxes, index)
         offsets, prob = _in_chunks(
-            lambda s: self.rnet(_normalize(resample_windows(table, index[s], windows[s], 24))),
+            lambda s: self.rnet(_normalize(resample_windows(table, index[s], windows[s], 24, rgb))),
             len(boxes), MAX_CROPS_PER_BATCH,
         )
         passed = prob > self.config.thresholds[1]
@@ -521,11 +601,13 @@ class MTCNNDetector:
         keep = nms(boxes, prob, index, 0.7)
         return square(regress(boxes[keep], offsets[keep], inclusive=True)), index[keep]
 
-    def _output(self, table: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _output(
+        self, table: Tensor, rgb: Tensor, boxes: Tensor, index: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Stage 3: O-Net on 48 x 48 crops; threshold, landmarks, regression, NMS ("min")."""
         boxes, index, windows = self._crops(table, boxes, index)
         offsets, marks, prob = _in_chunks(
-            lambda s: self.onet(_normalize(resample_windows(table, index[s], windows[s], 48))),
+            lambda s: self.onet(_normalize(resample_windows(table, index[s], windows[s], 48, rgb))),
             len(boxes), MAX_CROPS_PER_BATCH,
         )
         passed = prob > self.config.thresholds[2]

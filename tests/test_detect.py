@@ -19,6 +19,8 @@ from pipeline.detect import (
     DetectorConfig,
     MTCNNDetector,
     nms,
+    pyramid_level,
+    pyramid_scales,
     resample_windows,
     summed_area_table,
     weights_dir,
@@ -223,18 +225,115 @@ def test_nms_matches_textbook_greedy(mode, threshold):
         assert kept.tolist() == _greedy_nms(boxes.astype(np.float64), scores, groups, threshold, mode)
 
 
-def test_resample_windows_equals_area_interpolation():
+def _reference_crop(image: torch.Tensor, window: list[int], size: int) -> torch.Tensor:
+    """One window resized per axis with F.interpolate: "area" when shrinking, bilinear when enlarging."""
+    x0, y0, x1, y1 = window
+    crop = image[y0:y1, x0:x1].permute(2, 0, 1)[None].float()
+    for dim, length in ((2, y1 - y0), (3, x1 - x0)):
+        target = (size, crop.shape[3]) if dim == 2 else (crop.shape[2], size)
+        crop = (F.interpolate(crop, size=target, mode="area") if length >= size
+                else F.interpolate(crop, size=target, mode="bilinear", align_corners=False))
+    return crop[0]
+
+
+def test_resample_windows_area_when_shrinking_bilinear_when_enlarging():
     rng = np.random.default_rng(2)
     images = torch.from_numpy(rng.integers(0, 256, (2, 50, 70, 3), dtype=np.uint8))
     table = summed_area_table(images)
-    windows = torch.tensor([[0, 0, 70, 50], [5, 7, 17, 19], [30, 2, 31, 40], [10, 10, 60, 23]])
-    index = torch.tensor([0, 1, 1, 0])
+    windows = torch.tensor([
+        [0, 0, 70, 50], [10, 10, 60, 35],  # larger than 24: area
+        [5, 7, 17, 19], [3, 3, 4, 4], [60, 40, 70, 50],  # smaller: bilinear (12 px, 1 px, at the corner)
+        [30, 2, 31, 40], [10, 10, 60, 23],  # one side of each kind
+    ])
+    index = torch.tensor([0, 1, 1, 1, 0, 1, 0])
     for size in (24, 48):
-        got = resample_windows(table, index, windows, size)
-        for k, (x0, y0, x1, y1) in enumerate(windows.tolist()):
-            crop = images[index[k], y0:y1, x0:x1].permute(2, 0, 1)[None].float()
-            want = F.interpolate(crop, size=(size, size), mode="area")[0]
-            torch.testing.assert_close(got[k], want, atol=1e-3, rtol=0)
+        for frames in (images, None):  # pixels given, or recovered from the table
+            got = resample_windows(table, index, windows, size, frames)
+            assert got.shape == (len(windows), 3, size, size)
+            for k, window in enumerate(windows.tolist()):
+                want = _reference_crop(images[index[k]], window, size)
+                torch.testing.assert_close(got[k], want, atol=2e-3, rtol=0)
+    # windows of at least the output size: exactly the area resampling (the stock MTCNN's kernel)
+    big = windows[:2]
+    for k, (x0, y0, x1, y1) in enumerate(big.tolist()):
+        crop = images[index[k], y0:y1, x0:x1].permute(2, 0, 1)[None].float()
+        torch.testing.assert_close(resample_windows(table, index[:2], big, 24)[k],
+                                   F.interpolate(crop, size=(24, 24), mode="area")[0], atol=1e-3, rtol=0)
+
+
+def test_small_windows_are_upsampled_smoothly_not_in_blocks():
+    """A 12 px window holding a vertical edge, enlarged to R-Net's 24 px: bilinear puts a ramp
+    across the edge; box averaging ("area") would repeat pixels into 2 x 2 blocks."""
+    ramp = torch.arange(12).repeat(12, 1) * 20  # 12 x 12, each column 20 grey levels brighter
+    image = ramp[None, :, :, None].expand(1, 12, 12, 3).to(torch.uint8).contiguous()
+    crop = resample_windows(summed_area_table(image), torch.tensor([0]), torch.tensor([[0, 0, 12, 12]]), 24)[0, 0]
+    row = crop[0]
+    assert len(torch.unique(row)) > 12  # more grey levels than the 12 source columns
+    steps = row[2:-1].diff()  # away from the clamped edges: a smooth ramp of 10 levels per output pixel
+    torch.testing.assert_close(steps, torch.full_like(steps, 10.0), atol=1e-3, rtol=0)
+    assert torch.equal(crop, crop[:1].expand_as(crop))  # and no change down the columns
+
+
+def test_pyramid_starts_above_scale_one_below_pnet_window():
+    assert pyramid_scales(100, 100, 12, 0.709)[0] == 1.0
+    assert pyramid_scales(100, 100, 20, 0.709)[0] == pytest.approx(0.6)
+    scales = pyramid_scales(100, 100, 8, 0.709)
+    assert scales[0] == pytest.approx(1.5)  # 8 px faces: the frame is enlarged 1.5x for P-Net's 12 px window
+    assert all(a > b for a, b in zip(scales, scales[1:]))
+    assert 100 * scales[-1] >= 12 > 100 * scales[-1] * 0.709
+    assert pyramid_scales(10, 100, 12, 0.709) == []  # shorter than one window
+
+
+def test_pyramid_levels_enlarge_bilinear_and_shrink_by_area():
+    rng = np.random.default_rng(3)
+    images = torch.from_numpy(rng.integers(0, 256, (2, 3, 20, 30))).float()
+    up = pyramid_level(images, (31, 46))
+    torch.testing.assert_close(up, F.interpolate(images, size=(31, 46), mode="bilinear", align_corners=False))
+    assert not torch.allclose(up, F.interpolate(images, size=(31, 46), mode="area"))  # not pixel repetition
+    down = pyramid_level(images, (15, 22))
+    torch.testing.assert_close(down, F.interpolate(images, size=(15, 22), mode="area"))
+
+
+def test_min_face_below_pnet_window_runs_on_enlarged_levels(astronaut):
+    detector = MTCNNDetector(device="cpu", min_face_size=8)
+    small = cv2.resize(astronaut, (128, 128), interpolation=cv2.INTER_AREA)  # face about 22 px
+    [faces] = detector.detect([small])
+    assert len(faces) >= 1
+    np.testing.assert_allclose(faces[0].box, ASTRONAUT_BOX / 4, atol=3.0)
+
+
+def _astronaut_face_at(astronaut: np.ndarray, width: int, quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole astronaut photo shrunk (antialiased) so her face box is `width` px wide, then JPEG."""
+    side = round(astronaut.shape[0] * width / (ASTRONAUT_BOX[2] - ASTRONAUT_BOX[0]))
+    small = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR), ASTRONAUT_BOX * side / astronaut.shape[0]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return iw * ih / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih)
+
+
+@pytest.mark.parametrize("width,quality", [(11, 60), (12, 50)])
+def test_tiny_jpeg_face_is_found_thanks_to_smooth_crops(astronaut, monkeypatch, width, quality):
+    """An 11-12 px JPEG face: R-Net and O-Net see it enlarged 2-4x. With bilinear crops it is found;
+    with the stock kernel (box averaging, i.e. blocks of repeated pixels) the same cascade misses it."""
+    import pipeline.detect as detect_module
+
+    image, box = _astronaut_face_at(astronaut, width, quality)
+    detector = MTCNNDetector(device="cpu", min_face_size=12)
+    [faces] = detector.detect([image])
+    assert any(_iou(f.box, box) > 0.3 and f.score > 0.9 for f in faces)
+
+    def blocky(table, index, windows, size, images=None):
+        return detect_module._area_windows(table, index, windows, size).permute(0, 3, 1, 2)
+
+    monkeypatch.setattr(detect_module, "resample_windows", blocky)
+    [faces] = detector.detect([image])
+    assert not any(_iou(f.box, box) > 0.3 for f in faces)
 
 
 # --- shared still images --------------------------------------------------------------------

@@ -336,6 +336,20 @@ def test_tiny_jpeg_face_is_found_thanks_to_smooth_crops(astronaut, monkeypatch, 
     assert not any(_iou(f.box, box) > 0.3 for f in faces)
 
 
+@pytest.mark.parametrize("quality", [50, 60])
+def test_small_faces_preset_finds_a_10px_jpeg_face_the_cctv_preset_misses(astronaut, quality):
+    from pipeline.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    image, box = _astronaut_face_at(astronaut, 10, quality)
+    found = {}
+    for preset in ("cctv", "small-faces"):
+        settings = load_config(root / f"{preset}.yaml", ["detect.device=cpu"]).detect.detector()
+        [faces] = MTCNNDetector(settings).detect([image])
+        found[preset] = any(_iou(f.box, box) > 0.3 for f in faces)
+    assert found == {"cctv": False, "small-faces": True}
+
+
 # --- shared still images --------------------------------------------------------------------
 
 

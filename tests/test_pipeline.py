@@ -40,7 +40,7 @@ def test_default_yaml_lists_every_key_with_the_code_defaults():
     assert load_config(ROOT / "configs/default.yaml").to_dict() == load_config(None).to_dict()
 
 
-@pytest.mark.parametrize("preset", ["default", "cctv", "cpu-fast"])
+@pytest.mark.parametrize("preset", ["default", "cctv", "cpu-fast", "small-faces"])
 def test_presets_load(preset):
     assert load_config(ROOT / f"configs/{preset}.yaml").enhance.output_size == 112
 

@@ -59,6 +59,31 @@ class TrackUpdate:
     box: np.ndarray | None = None  # the tracker's (filtered) box, xyxy
 
 
+@dataclass(frozen=True)
+class TrackEnd:
+    """A track has ended; the tracker emits this exactly once per track, and it travels down the same
+    queues as the faces, after the track's last face, so every stage that keeps per-track state
+    (select, recognition, sink) can finish the track and release that state.
+
+    `frame_index`: the frame on which the end was decided; `first_frame` / `last_frame`: the first
+    and last frames with a detection matched to the track; `faces_seen`: how many detections were
+    matched to it; `reason`: "lost" (unmatched for `max_age` detection frames), "unconfirmed" (a
+    tentative track that missed a detection) or "stream_end" (still alive when the input ended).
+
+    Example:
+        >>> TrackEnd(track_id=3, frame_index=90, first_frame=10, last_frame=60, faces_seen=51,
+        ...          reason="lost").last_frame
+        60
+    """
+
+    track_id: int
+    frame_index: int
+    first_frame: int
+    last_frame: int
+    faces_seen: int
+    reason: str
+
+
 @dataclass
 class AlignedFace:
     """An aligned LR face in canonical framing at its native resolution.

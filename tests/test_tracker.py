@@ -1,12 +1,13 @@
-"""SortTracker: identity over time, BYTE pass, gating, deletion, stride, degenerate boxes."""
+"""SortTracker: identity over time, BYTE pass, gating, deletion and track ends, stride, degenerate boxes,
+and the association round as a pure function."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.records import Detection, TrackState
-from trackers import SortTracker, TrackerConfig, iou_matrix
+from pipeline.records import Detection, TrackEnd, TrackState
+from trackers import SortTracker, TrackerConfig, associate, iou_matrix
 
 
 def face(cx: float, cy: float, side: float = 40.0, score: float = 0.99) -> Detection:
@@ -180,3 +181,80 @@ def test_face_reappearing_where_it_was_last_seen_keeps_its_id():
         trk.update(f, [])  # occluded: the detector runs and sees nothing
     ups = trk.update(45, [face(300, 157)])
     assert ids(ups) == [1] and ups[0].detection is not None
+
+
+# -- track ends -----------------------------------------------------------------------------------
+def test_track_end_is_emitted_once_after_max_age():
+    trk = SortTracker(TrackerConfig(min_hits=2, max_age=3, stride=2))
+    for f in range(0, 10, 2):  # detected on frames 0, 2, 4, 6, 8
+        trk.update(f, [face(100, 100)])
+        trk.predict(f + 1)
+        assert trk.pop_ended() == []
+    ended = []
+    for f in range(10, 30):  # the face is gone; the detector keeps running on even frames
+        ups = trk.update(f, []) if f % 2 == 0 else trk.predict(f)
+        for e in trk.pop_ended():
+            ended.append(e)
+            assert ids(ups) == [], "an ended track is no longer live"
+    # max_age = 3 detection frames = 6 video frames without a match after frame 8: ends on frame 15
+    assert ended == [TrackEnd(track_id=1, frame_index=15, first_frame=0, last_frame=8, faces_seen=5, reason="lost")]
+    trk.finish()
+    assert trk.pop_ended() == []  # already ended: not again
+
+
+def test_tentative_track_ends_unconfirmed_and_live_tracks_end_at_finish():
+    trk = SortTracker(TrackerConfig(min_hits=3))
+    trk.update(0, [face(100, 100), face(400, 100)])
+    trk.update(1, [face(100, 100)])  # the face at x=400 was a one-frame blip
+    assert [(e.track_id, e.reason, e.first_frame, e.last_frame) for e in trk.pop_ended()] == [(2, "unconfirmed", 0, 0)]
+    trk.update(2, [face(100, 100)])
+    trk.finish()
+    assert trk.pop_ended() == [TrackEnd(1, frame_index=2, first_frame=0, last_frame=2, faces_seen=3, reason="stream_end")]
+    assert trk.num_tracks == 0 and trk.pop_ended() == []
+    trk.finish()
+    assert trk.pop_ended() == []
+
+
+def test_every_track_ends_exactly_once():
+    rng = np.random.default_rng(0)
+    trk = SortTracker(TrackerConfig(min_hits=2, max_age=2))
+    seen: set[int] = set()
+    ended: list[int] = []
+    for f in range(200):  # faces blinking in and out at 4 places, with noise
+        dets = [face(x + rng.normal(0, 2), 100, score=float(rng.choice([0.99, 0.8])))
+                for x in (100, 250, 400, 550) if rng.random() < 0.6]
+        ups = trk.update(f, dets)
+        gone = [e.track_id for e in trk.pop_ended()]
+        assert not set(gone) & set(ids(ups)), "an ended track never comes back"
+        seen.update(ids(ups))
+        ended.extend(gone)
+    trk.finish()
+    ended.extend(e.track_id for e in trk.pop_ended())
+    assert len(ended) == len(set(ended)) and seen <= set(ended) and len(ended) > 10
+
+
+# -- association ----------------------------------------------------------------------------------
+def test_associate_matches_and_leaves_the_rest_on_both_sides():
+    tracks = np.array([[0, 0, 10, 10], [100, 100, 110, 110], [300, 0, 310, 10]], float)
+    dets = np.array([[101, 100, 111, 110], [1, 0, 11, 10], [500, 500, 510, 510]], float)
+    result = associate(tracks, dets, 0.3)
+    assert sorted(result.matches) == [(0, 1), (1, 0)]
+    assert result.unmatched_tracks == [2] and result.unmatched_detections == [2]
+    nothing = associate(np.zeros((0, 4)), dets, 0.3)
+    assert nothing.matches == [] and nothing.unmatched_tracks == [] and nothing.unmatched_detections == [0, 1, 2]
+
+
+def test_associate_gates_on_the_threshold_and_buffer_widens():
+    track, det = np.array([[0, 0, 10, 10]], float), np.array([[8, 0, 18, 10]], float)  # IoU 2/18
+    assert associate(track, det, 0.3) == ([], [0], [0])  # the only pair, but below the threshold
+    assert associate(track, det, 0.1).matches == [(0, 0)]
+    assert associate(track, det, 0.3, buffer=0.5).matches == [(0, 0)]  # widened boxes overlap enough
+
+
+def test_associate_prefers_more_acceptable_pairs_over_one_best_pair():
+    tracks = np.array([[0, 0, 10, 10], [6, 0, 16, 10]], float)
+    dets = np.array([[1, 0, 11, 10], [-4, 0, 6, 10]], float)
+    iou = iou_matrix(tracks, dets)
+    assert iou[0, 0] > 0.8 and iou[1, 0] > 0.3 and iou[0, 1] > 0.4 and iou[1, 1] == 0  # the premise
+    # Taking the best pair (0, 0) would leave track 1 without a match; both tracks can be matched.
+    assert sorted(associate(tracks, dets, 0.3).matches) == [(0, 1), (1, 0)]

@@ -8,7 +8,8 @@ How one detection frame is processed (`update(frame_index, detections)`):
 1. every live track is predicted forward to `frame_index` (one Kalman step per video frame);
 2. detections are split by score: high (>= high_thresh), low (low_thresh <= score < high_thresh),
    the rest are dropped;
-3. pass 1: Hungarian assignment of high detections to all live tracks on IoU (>= iou_threshold);
+3. pass 1: Hungarian assignment (`associate`) of high detections to all live tracks on IoU
+   (>= iou_threshold);
    then a rescue round for what is left, on *buffered* IoU (both boxes widened by
    `buffer` x their size on each side, the C-BIoU idea): a newborn track has no velocity yet, and
    with the detector on every k-th frame a face walking across the image moves by a large part
@@ -22,6 +23,10 @@ How one detection frame is processed (`update(frame_index, detections)`):
 5. high detections still unmatched start new TENTATIVE tracks;
 6. unmatched tentative tracks are deleted at once (a one-frame blip is not a face track);
    unmatched confirmed tracks become LOST and are deleted after `max_age` detection frames.
+
+Every deleted track is reported once as a `TrackEnd` by `pop_ended()`; at the end of the input,
+`finish()` ends every live track the same way, so downstream stages release per-track state through
+one code path.
 
 Frames on which the detector did not run go through `predict(frame_index)` (same as
 `update(frame_index, None)`): tracks coast on their Kalman prediction, nothing is matched,
@@ -44,19 +49,21 @@ Example:
     [True]
     >>> [(u.track_id, u.state.value) for u in trk.update(2, [face(14.0)])]
     [(1, 'confirmed')]
+    >>> trk.finish(); [(e.track_id, e.first_frame, e.last_frame, e.reason) for e in trk.pop_ended()]
+    [(1, 0, 2, 'stream_end')]
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from filterpy.kalman import KalmanFilter
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.errors import ConfigError
-from pipeline.records import Detection, TrackState, TrackUpdate
+from pipeline.records import Detection, TrackEnd, TrackState, TrackUpdate
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +155,38 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def _assign(cost_iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """Max-IoU one-to-one assignment, keeping only pairs with IoU >= threshold.
+class Association(NamedTuple):
+    """Result of one matching round: (track row, detection column) pairs and what is left on each side."""
+
+    matches: list[tuple[int, int]]
+    unmatched_tracks: list[int]
+    unmatched_detections: list[int]
+
+
+def associate(track_boxes: np.ndarray, det_boxes: np.ndarray, threshold: float,
+              buffer: float = 0.0) -> Association:
+    """One matching round: max-IoU one-to-one assignment of detections to tracks (both N x 4 xyxy),
+    keeping only pairs with IoU >= threshold, IoU taken on boxes widened by `buffer` (see `_widen`).
 
     Pairs below the threshold get a huge cost *before* solving, so the solver first maximises
-    the number of acceptable pairs instead of trading one good pair for two poor ones."""
-    if cost_iou.size == 0:
-        return []
-    cost = np.where(cost_iou >= threshold, 1.0 - cost_iou, _NO_MATCH)
-    rows, cols = linear_sum_assignment(cost)
-    return [(r, c) for r, c in zip(rows, cols) if cost_iou[r, c] >= threshold]
+    the number of acceptable pairs instead of trading one good pair for two poor ones. Pure: it
+    only looks at the boxes.
+
+    Example:
+        >>> t = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float)
+        >>> d = np.array([[1, 0, 11, 10], [200, 200, 210, 210]], float)
+        >>> associate(t, d, 0.3)
+        Association(matches=[(0, 0)], unmatched_tracks=[1], unmatched_detections=[1])
+    """
+    iou = iou_matrix(_widen(track_boxes, buffer), _widen(det_boxes, buffer))
+    matches: list[tuple[int, int]] = []
+    if iou.size:
+        cost = np.where(iou >= threshold, 1.0 - iou, _NO_MATCH)
+        rows, cols = linear_sum_assignment(cost)
+        matches = [(int(r), int(c)) for r, c in zip(rows, cols) if iou[r, c] >= threshold]
+    matched_t, matched_d = {r for r, _ in matches}, {c for _, c in matches}
+    return Association(matches, [r for r in range(len(track_boxes)) if r not in matched_t],
+                       [c for c in range(len(det_boxes)) if c not in matched_d])
 
 
 class _Track:
@@ -166,7 +195,7 @@ class _Track:
     Noise is set relative to the face size each step (a 20 px and a 200 px face jitter by the
     same fraction of their size, not by the same number of pixels)."""
 
-    def __init__(self, track_id: int, det: Detection, box: np.ndarray):
+    def __init__(self, track_id: int, det: Detection, box: np.ndarray, frame_index: int):
         kf = KalmanFilter(dim_x=7, dim_z=4)
         kf.F = np.eye(7)
         kf.F[0, 4] = kf.F[1, 5] = kf.F[2, 6] = 1.0  # dt = one video frame
@@ -180,6 +209,8 @@ class _Track:
         self.kf = kf
         self.track_id = track_id
         self.hits = 1  # consecutive matched detection frames
+        self.matched = 1  # matched detection frames in all
+        self.first_frame = self.last_frame = frame_index  # first / last frame with a matched detection
         self.confirmed = False
         self.frames_since_update = 0  # video frames
         self.missed = False  # unmatched on the latest detection frame
@@ -202,12 +233,14 @@ class _Track:
         self.frames_since_update += steps
         self.detection = None
 
-    def correct(self, det: Detection, box: np.ndarray) -> None:
+    def correct(self, det: Detection, box: np.ndarray, frame_index: int) -> None:
         z = _box_to_z(box)
         side, s = self._side(z), float(z[2, 0])
         r = np.diag([(0.05 * side) ** 2, (0.05 * side) ** 2, (0.1 * s) ** 2, 0.05 ** 2])
         self.kf.update(z, R=r)
         self.hits += 1
+        self.matched += 1
+        self.last_frame = frame_index
         self.frames_since_update = 0
         self.missed = False
         self.detection = det
@@ -223,16 +256,20 @@ class SortTracker:
 
     update(frame_index, detections) -> list[TrackUpdate]: a detection frame (None = no detection).
     predict(frame_index) -> list[TrackUpdate]: a frame without detection.
+    pop_ended() -> list[TrackEnd]: the tracks that ended since the last call.
+    finish(): the input has ended; every live track ends (reported by the next `pop_ended`).
 
-    Every call returns one TrackUpdate per live track (TENTATIVE, CONFIRMED or LOST), ordered by
-    track id; `detection` is the Detection matched on this frame (None when predicted only) and
-    `box` the filtered box. Frame indices must increase; gaps are fine (tracks are predicted
-    through them). Track ids start at 1 and are never reused by this tracker.
+    Every update/predict returns one TrackUpdate per live track (TENTATIVE, CONFIRMED or LOST),
+    ordered by track id; `detection` is the Detection matched on this frame (None when predicted
+    only) and `box` the filtered box. Frame indices must increase; gaps are fine (tracks are
+    predicted through them). Track ids start at 1 and are never reused by this tracker. A track
+    that leaves the live list is reported exactly once by `pop_ended`.
     """
 
     def __init__(self, config: TrackerConfig | None = None) -> None:
         self.config = config or TrackerConfig()
         self._tracks: list[_Track] = []
+        self._ended: list[TrackEnd] = []
         self._next_id = 1
         self._frame: int | None = None
 
@@ -247,6 +284,21 @@ class SortTracker:
             self._associate(list(detections))
         return self._emit(frame_index)
 
+    def pop_ended(self) -> list[TrackEnd]:
+        """The tracks that ended since the last call, in the order they ended; each is reported once."""
+        ended, self._ended = self._ended, []
+        return ended
+
+    def finish(self) -> None:
+        """End every live track (reason "stream_end"): the input is over."""
+        for t in sorted(self._tracks, key=lambda t: t.track_id):
+            self._end(t, "stream_end")
+        self._tracks = []
+
+    def _end(self, t: _Track, reason: str) -> None:
+        self._ended.append(TrackEnd(track_id=t.track_id, frame_index=self._frame, first_frame=t.first_frame,
+                                    last_frame=t.last_frame, faces_seen=t.matched, reason=reason))
+
     def _advance(self, frame_index: int) -> None:
         if self._frame is not None and frame_index <= self._frame:
             raise ValueError(f"frame_index must increase: got {frame_index} after {self._frame}")
@@ -257,10 +309,13 @@ class SortTracker:
         for t in self._tracks:
             t.predict(steps)
         limit = self.config.max_age_frames
+        for t in self._tracks:
+            if t.frames_since_update > limit:
+                self._end(t, "lost")
         self._tracks = [t for t in self._tracks if t.frames_since_update <= limit]
 
     def _associate(self, detections: list[Detection]) -> None:
-        cfg = self.config
+        cfg, frame = self.config, self._frame
         dets, boxes = [], []
         for d in detections:
             if not np.all(np.isfinite(d.box[:4])) or not np.isfinite(d.score):
@@ -268,69 +323,52 @@ class SortTracker:
                 continue
             dets.append(d)
             boxes.append(_sanitize(np.asarray(d.box, dtype=float)))
-        scores = np.array([d.score for d in dets])
-        high = [i for i in range(len(dets)) if scores[i] >= cfg.high_thresh]
-        low = [i for i in range(len(dets)) if cfg.low_thresh <= scores[i] < cfg.high_thresh]
-        boxes_arr = np.array(boxes).reshape(-1, 4)
+        det_boxes = np.array(boxes).reshape(-1, 4)
+        high = [i for i, d in enumerate(dets) if d.score >= cfg.high_thresh]
+        low = [i for i, d in enumerate(dets) if cfg.low_thresh <= d.score < cfg.high_thresh]
         tracks = self._tracks
-        track_boxes = np.array([t.box for t in tracks]).reshape(-1, 4)
+        # Both taken before any correction: every round compares against the same predictions.
+        predicted = np.array([t.box for t in tracks]).reshape(-1, 4)
+        observed = np.array([t.last_box for t in tracks]).reshape(-1, 4)
+        unmatched = list(range(len(tracks)))
+
+        def match(candidates: list[int], track_boxes: np.ndarray, pool: list[int], threshold: float,
+                  buffer: float = 0.0) -> list[int]:
+            """One round: `pool` detections against the `candidates` tracks; returns the detections left."""
+            result = associate(track_boxes[candidates], det_boxes[pool], threshold, buffer)
+            for r, k in result.matches:
+                tracks[candidates[r]].correct(dets[pool[k]], det_boxes[pool[k]], frame)
+                unmatched.remove(candidates[r])
+            return [pool[k] for k in result.unmatched_detections]
 
         # Pass 1: high-score detections against every live track.
-        matched_t: set[int] = set()
-        matched_d: set[int] = set()
-        iou = iou_matrix(track_boxes, boxes_arr[high])
-        for ti, k in _assign(iou, cfg.iou_threshold):
-            tracks[ti].correct(dets[high[k]], boxes_arr[high[k]])
-            matched_t.add(ti)
-            matched_d.add(high[k])
+        free = match(list(unmatched), predicted, high, cfg.iou_threshold)
         # Rescue round on buffered IoU: only leftovers, so precise matches always win.
-        rest = [ti for ti in range(len(tracks)) if ti not in matched_t]
-        free = [i for i in high if i not in matched_d]
-        if cfg.buffer > 0 and rest and free:
-            iou = iou_matrix(_widen(track_boxes[rest], cfg.buffer),
-                             _widen(boxes_arr[free], cfg.buffer))
-            for r, k in _assign(iou, cfg.iou_threshold):
-                tracks[rest[r]].correct(dets[free[k]], boxes_arr[free[k]])
-                matched_t.add(rest[r])
-                matched_d.add(free[k])
-
+        free = match(list(unmatched), predicted, free, cfg.iou_threshold, cfg.buffer)
         # Recovery round (OC-SORT's observation-centric idea): a face that reappears after an occlusion is
         # usually where it was last seen, while the Kalman prediction has coasted away on its old velocity.
-        rest = [ti for ti in range(len(tracks)) if ti not in matched_t and tracks[ti].missed]
-        free = [i for i in high if i not in matched_d]
-        if rest and free:
-            last = np.array([tracks[ti].last_box for ti in rest]).reshape(-1, 4)
-            iou = iou_matrix(_widen(last, cfg.buffer), _widen(boxes_arr[free], cfg.buffer))
-            for r, k in _assign(iou, cfg.iou_threshold):
-                tracks[rest[r]].correct(dets[free[k]], boxes_arr[free[k]])
-                matched_t.add(rest[r])
-                matched_d.add(free[k])
-
+        free = match([ti for ti in unmatched if tracks[ti].missed], observed, free, cfg.iou_threshold, cfg.buffer)
         # Pass 2 (BYTE): low-score detections against confirmed tracks left over.
-        rest = [ti for ti in range(len(tracks)) if ti not in matched_t and tracks[ti].confirmed]
-        iou = iou_matrix(track_boxes[rest], boxes_arr[low])
-        for r, k in _assign(iou, cfg.low_iou_threshold):
-            tracks[rest[r]].correct(dets[low[k]], boxes_arr[low[k]])
-            matched_t.add(rest[r])
+        match([ti for ti in unmatched if tracks[ti].confirmed], predicted, low, cfg.low_iou_threshold)
 
         # Bookkeeping for tracks that got (or missed) a detection on this detection frame.
         kept = []
         for ti, t in enumerate(tracks):
-            if ti in matched_t:
+            if ti not in unmatched:
                 t.confirmed = t.confirmed or t.hits >= cfg.min_hits
                 kept.append(t)
             elif t.confirmed:
                 t.missed = True
                 t.hits = 0
                 kept.append(t)
-            # else: an unconfirmed track that missed is dropped (its id is not reused).
+            else:  # an unconfirmed track that missed ends (its id is not reused)
+                self._end(t, "unconfirmed")
 
-        for i in high:
-            if i not in matched_d:
-                t = _Track(self._next_id, dets[i], boxes_arr[i])
-                t.confirmed = cfg.min_hits <= 1
-                self._next_id += 1
-                kept.append(t)
+        for i in free:  # high detections still unmatched start new tracks
+            t = _Track(self._next_id, dets[i], det_boxes[i], frame)
+            t.confirmed = cfg.min_hits <= 1
+            self._next_id += 1
+            kept.append(t)
         self._tracks = kept
 
     def _emit(self, frame_index: int) -> list[TrackUpdate]:

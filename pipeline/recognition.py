@@ -9,7 +9,8 @@
   -> aligned face, or None when there is no face); the runner passes the project's
   detector + aligner. Without one, each photo is used as an already-aligned face.
 - `GalleryMatcher`: scores each track's faces, votes across the track's frames and writes
-  identity events to identities.jsonl (one flushed line per decision change, plus a final one).
+  identity events to identities.jsonl (one flushed line per decision change, plus a final one when
+  the track ends; line schema: `pipeline.run_folder.IdentityRecord`).
 - `DlibEmbedder`: dlib's ResNet face descriptor (optional extra: `pip install -e .[recognition]`).
 - `build_matcher`: what the runner calls (config section `recognition`).
 
@@ -40,6 +41,7 @@ import numpy as np
 
 from pipeline.errors import ConfigError, PipelineError, SinkError
 from pipeline.records import AlignedFace, EnhancedFace
+from pipeline.run_folder import IDENTITIES_FILE, IdentityRecord
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +184,8 @@ class GalleryMatcher:
     "unknown". The track's identity is the label with most votes (ties: lower mean distance);
     `score` is the mean distance of the winning votes. An event is written to `out_path`
     (identities.jsonl, one flushed JSON line) whenever a track's identity changes, and a last one
-    with `"final": true` from `end_track` / `close`:
+    with `"final": true` from `end_track` (the runner calls it when the tracker ends the track) or
+    `close` (for tracks still open):
 
         {"track_id": 3, "identity": "obama", "score": 0.31, "votes": 4, "frames": 5,
          "frame_index": 120, "final": false}
@@ -270,9 +273,9 @@ class GalleryMatcher:
         for label, dist in t.scored:
             by_label.setdefault(label, []).append(dist)
         label, dists = min(by_label.items(), key=lambda kv: (-len(kv[1]), float(np.mean(kv[1]))))
-        return {"track_id": track_id, "identity": label, "score": round(float(np.mean(dists)), 4),
-                "votes": len(dists), "frames": len(t.scored), "frame_index": t.last_frame,
-                "final": final}
+        return IdentityRecord(track_id=track_id, identity=label, score=round(float(np.mean(dists)), 4),
+                              votes=len(dists), frames=len(t.scored), frame_index=t.last_frame,
+                              final=final).to_dict()
 
     def _emit(self, event: dict) -> None:
         self.events.append(event)
@@ -455,18 +458,6 @@ def build_matcher(settings: _RecognitionSettings, detector: Any, out_dir: Path |
             return None
 
     gallery = Gallery.from_folder(settings.gallery, embedder, align=align)
-    return GalleryMatcher(gallery, embedder, Path(out_dir) / "identities.jsonl",
+    return GalleryMatcher(gallery, embedder, Path(out_dir) / IDENTITIES_FILE,
                           threshold=settings.threshold, min_votes=settings.min_votes, overwrite=True)
 
-
-def load_events(path: Path | str) -> dict[int, dict[str, Any]]:
-    """Last identity event per track from identities.jsonl (a torn last line is ignored)."""
-    out: dict[int, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                ev = json.loads(line)
-                out[int(ev["track_id"])] = ev
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s: skipped a malformed line", path)
-    return out

@@ -1,8 +1,9 @@
-"""Static HTML report of a run: `out_dir/index.html` from tracks.jsonl (+ identities.jsonl,
-summary.json when present). No JavaScript, no external files; images are linked relatively,
-so the folder can be zipped or served as is.
+"""Static HTML report of a run: `out_dir/index.html` from the run folder as `pipeline.run_folder.load_run`
+reads it (tracks.jsonl, + identities.jsonl, summary.json when present). No JavaScript, no external
+files; images are linked relatively, so the folder can be zipped or served as is.
 
-Per track: identity (if recognition ran), time range, frame count, and for the best-quality face
+Per track: identity (if recognition ran), time range, frame count (and the faces the tracker saw,
+once the track ended), and for the best-quality face
 the LR crop (shown enlarged with nearest-neighbour pixels), bicubic and SR side by side, then a
 strip of SR frames across the track.
 
@@ -20,9 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.errors import PipelineError
-from pipeline.recognition import load_events
-from pipeline.sinks import IDENTITIES_FILE, REPORT_FILE, SUMMARY_FILE, TRACKS_FILE, atomic_write_bytes
+from pipeline.run_folder import REPORT_FILE, FaceRecord, IdentityRecord, TrackEndRecord, load_run
+from pipeline.sinks import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -69,32 +69,11 @@ def _summary_cell(v: Any) -> str:
     return _e(_fmt(v))
 
 
-def _read_records(path: Path) -> list[dict]:
-    """tracks.jsonl records; malformed lines (e.g. a line torn by a crash) are skipped."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                int(rec["track_id"]), int(rec["frame_index"])
-                image = Path(rec["image"])
-                if image.is_absolute() or ".." in image.parts:
-                    raise ValueError("image path outside the run folder")
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s:%d: malformed record skipped", path, n)
-                continue
-            records.append(rec)
-    return records
+def _quality(rec: FaceRecord) -> float:
+    return -math.inf if rec.quality is None else rec.quality
 
 
-def _quality(rec: dict) -> float:
-    q = rec.get("quality")
-    return float(q) if isinstance(q, (int, float)) and math.isfinite(q) else -math.inf
-
-
-def _pick_strip(recs: list[dict], n: int) -> list[dict]:
+def _pick_strip(recs: list[FaceRecord], n: int) -> list[FaceRecord]:
     """Up to n records spread evenly over the track (first and last included)."""
     if len(recs) <= n:
         return recs
@@ -111,40 +90,41 @@ def _figure(out_dir: Path, path: str | None, caption: str, size: int, cls: str =
             f'alt="{_e(caption)}" loading="lazy"><figcaption>{_e(caption)}</figcaption></figure>')
 
 
-def _track_html(out_dir: Path, track_id: int, recs: list[dict], ident: dict | None, strip: int) -> str:
-    recs = sorted(recs, key=lambda r: int(r["frame_index"]))
-    best = max(recs, key=_quality)  # first of the best on ties
-    size = int(best.get("output_size") or 128)
-    times = [r["pts_time"] for r in recs if isinstance(r.get("pts_time"), (int, float))]
+def _track_html(out_dir: Path, track_id: int, recs: list[FaceRecord], ident: IdentityRecord | None,
+                end: TrackEndRecord | None, strip: int) -> str:
+    best = max(recs, key=_quality)  # first of the best on ties (recs are in frame order)
+    size = best.output_size
+    times = [r.pts_time for r in recs if r.pts_time is not None]
     span = f"{min(times):.2f}s - {max(times):.2f}s" if times else "n/a"
-    frames = f"frames {recs[0]['frame_index']}-{recs[-1]['frame_index']}"
+    frames = f"frames {recs[0].frame_index}-{recs[-1].frame_index}"
     meta = [f"time {span}", f"faces {len(recs)}", frames,
-            f"crop {min(r.get('crop_size', 0) for r in recs)}-{max(r.get('crop_size', 0) for r in recs)} px",
-            f"output {size} px", f"method {best.get('method', '?')}"]
+            f"crop {min(r.crop_size for r in recs)}-{max(r.crop_size for r in recs)} px",
+            f"output {size} px", f"method {best.method}"]
+    if end is not None:
+        meta.append(f"tracked frames {end.first_frame}-{end.last_frame}, {end.faces_seen} detections ({end.reason})")
     who = ""
     if ident:
-        name = str(ident.get("identity", "unknown"))
-        cls = "ident unknown" if name == "unknown" else "ident"
-        who = (f' &middot; <span class="{cls}">{_e(name)}</span> '
-               f'<small>(score {_e(_fmt(ident.get("score")))}, votes {_e(ident.get("votes"))}'
-               f'/{_e(ident.get("frames"))})</small>')
+        cls = "ident unknown" if ident.identity == "unknown" else "ident"
+        who = (f' &middot; <span class="{cls}">{_e(ident.identity)}</span> '
+               f'<small>(score {_e(_fmt(ident.score))}, votes {_e(ident.votes)}'
+               f'/{_e(ident.frames)})</small>')
     q = _quality(best)
     q_text = f"{q:.3g}" if math.isfinite(q) else "n/a"
     best_figs = "".join([
-        _figure(out_dir, best.get("lr_image"), f"LR {best.get('crop_size', '?')} px (nearest)", size, "lr"),
-        _figure(out_dir, best.get("bicubic_image"), "bicubic", size),
-        _figure(out_dir, best["image"], f"SR ({best.get('method', '?')})", size),
+        _figure(out_dir, best.lr_image, f"LR {best.crop_size} px (nearest)", size, "lr"),
+        _figure(out_dir, best.bicubic_image, "bicubic", size),
+        _figure(out_dir, best.image, f"SR ({best.method})", size),
     ])
     thumb = max(48, size // 2)
     strip_html = "".join(
-        f'<img src="{_src(r["image"])}" width="{thumb}" height="{thumb}" loading="lazy" '
-        f'title="frame {_e(r["frame_index"])}" alt="frame {_e(r["frame_index"])}">'
-        for r in _pick_strip(recs, strip) if (out_dir / r["image"]).is_file())
+        f'<img src="{_src(r.image)}" width="{thumb}" height="{thumb}" loading="lazy" '
+        f'title="frame {_e(r.frame_index)}" alt="frame {_e(r.frame_index)}">'
+        for r in _pick_strip(recs, strip) if (out_dir / r.image).is_file())
     return (f'<section class="track" id="track-{_e(track_id)}">'
             f"<h2>Track {_e(track_id)}{who}</h2>"
             f'<div class="meta">{_e(" | ".join(meta))}</div>'
             f"<div>{best_figs}</div>"
-            f'<div class="meta">best face: frame {_e(best["frame_index"])}, quality {_e(q_text)}</div>'
+            f'<div class="meta">best face: frame {_e(best.frame_index)}, quality {_e(q_text)}</div>'
             f'<div class="strip">{strip_html}</div></section>')
 
 
@@ -155,24 +135,13 @@ def write_report(out_dir: Path | str, *, strip: int = 8, title: str | None = Non
     no tracks.jsonl, SinkError if index.html cannot be written.
     """
     out_dir = Path(out_dir)
-    tracks_path = out_dir / TRACKS_FILE
-    if not tracks_path.is_file():
-        raise PipelineError(f"no {TRACKS_FILE} in {out_dir}: not a run output folder")
-    by_track: dict[int, list[dict]] = {}
-    for rec in _read_records(tracks_path):
-        by_track.setdefault(int(rec["track_id"]), []).append(rec)
-    idents = load_events(out_dir / IDENTITIES_FILE) if (out_dir / IDENTITIES_FILE).is_file() else {}
-    summary: dict = {}
-    if (out_dir / SUMMARY_FILE).is_file():
-        try:
-            summary = json.loads((out_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
-        except ValueError:
-            log.warning("%s: unreadable, summary left out", out_dir / SUMMARY_FILE)
+    run = load_run(out_dir)
+    by_track, idents, summary = run.tracks(), run.identities, run.summary
     title = title or f"Face tracks: {out_dir.resolve().name}"
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_summary_cell(v)}</td></tr>" for k, v in summary.items())
     n_faces = sum(len(r) for r in by_track.values())
-    tracks_html = "".join(_track_html(out_dir, tid, by_track[tid], idents.get(tid), strip)
-                          for tid in sorted(by_track)) or "<p>No faces in this run.</p>"
+    tracks_html = "".join(_track_html(out_dir, tid, recs, idents.get(tid), run.track_ends.get(tid), strip)
+                          for tid, recs in by_track.items()) or "<p>No faces in this run.</p>"
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{_e(title)}</h1>"

@@ -3,6 +3,11 @@
     source (reader thread) -> detect -> track -> align -> select   (main thread)
         -> enhance (enhance thread) -> disk sink + recognition     (sink thread)
 
+Track lifecycle: the tracker reports each track's end once (`TrackEnd`); the end goes down the same
+queues as the faces, after the track's last face, and every stage with per-track state finishes the
+track on it: select emits its best-N faces, the sink writes the track_end line, recognition writes
+the final identity. When the input ends, the tracker ends every live track and they take the same path.
+
 Back-pressure: when the enhancer falls behind, its bounded queue blocks the main thread, which stops
 reading frames; a file source then simply waits (no frame is lost) and a live source drops its
 oldest frames (counted in summary.json). SIGINT/SIGTERM (see `install_signal_handlers`) stop the
@@ -30,7 +35,7 @@ from pipeline.config import PipelineConfig
 from pipeline.detect import MTCNNDetector
 from pipeline.enhance import Enhancer
 from pipeline.errors import SourceError
-from pipeline.records import AlignedFace, Frame
+from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.select import Selector
 from pipeline.sinks import DiskSink
 from pipeline.source import open_source
@@ -102,38 +107,51 @@ class Runner:
                 pass
 
     def _enhance_loop(self, enhancer: Enhancer, inbox: queue.Queue, outbox: queue.Queue) -> None:
+        """Items in: lists of AlignedFace and TrackEnd; out: the same lists with the faces enhanced.
+        A batch's track ends go out after its faces: an end never overtakes a face of its track."""
         batch_size = self.config.enhance.batch_size
         done = False
         while not done:
             faces: list[AlignedFace] = []
+            ends: list[TrackEnd] = []
             item = self._get(inbox)
             while True:  # gather what is waiting, up to a full batch, without waiting for more
                 if item is _DONE:
                     done = True
                     break
-                faces.extend(item)
+                for x in item:
+                    (ends if isinstance(x, TrackEnd) else faces).append(x)
                 if len(faces) >= batch_size:
                     break
                 try:
                     item = inbox.get_nowait()
                 except queue.Empty:
                     break
+            enhanced: list[EnhancedFace] = []
             if faces:
                 t0 = time.perf_counter()
                 enhanced = enhancer(faces)
                 self.timer.add("enhance", time.perf_counter() - t0, len(faces))
-                self._put(outbox, enhanced)
+            if enhanced or ends:
+                self._put(outbox, [*enhanced, *ends])
         self._put(outbox, _DONE)
 
     def _sink_loop(self, sink: DiskSink, matcher, inbox: queue.Queue) -> None:
         while (item := self._get(inbox)) is not _DONE:
             t0 = time.perf_counter()
-            for face in item:
-                sink.write(face)
+            faces = 0
+            for x in item:
+                if isinstance(x, TrackEnd):
+                    sink.end_track(x)
+                    if matcher is not None:
+                        matcher.end_track(x.track_id)
+                    continue
+                sink.write(x)
                 if matcher is not None:
-                    matcher.update(face)
-            self.timer.add("sink", time.perf_counter() - t0, len(item))
-            self.counts["faces_written"] += len(item)
+                    matcher.update(x)
+                faces += 1
+            self.timer.add("sink", time.perf_counter() - t0, faces)
+            self.counts["faces_written"] += faces
 
     # -- main loop --------------------------------------------------------------------------------
     def _read_batch(self, src, size: int) -> list[Frame] | None:
@@ -192,12 +210,10 @@ class Runner:
             for w in workers:
                 w.start()
             progress = self._progress(src)
-            live: set[int] = set()
             last_log = time.perf_counter()
             try:
                 while (frames := self._read_batch_or_fail(src, cfg.detect.batch)) is not None:
-                    chosen = self._process(frames, detector, tracker, aligner, selector, live)
-                    if chosen:
+                    if chosen := self._process(frames, detector, tracker, aligner, selector):
                         self._put(to_enhance, chosen)
                     if progress is not None:
                         progress.update(len(frames))
@@ -209,8 +225,9 @@ class Runner:
                     if cfg.runtime.max_frames and self.counts["frames_processed"] >= cfg.runtime.max_frames:
                         break
                 interrupted = self.stop.is_set() and self._error is None
-                if flushed := selector.flush():
-                    self._put(to_enhance, flushed)
+                tracker.finish()  # tracks still alive end like any other
+                if ended := self._ended(tracker, selector):
+                    self._put(to_enhance, ended)
             except BaseException as exc:  # e.g. a second Ctrl-C: make the workers give up too
                 self._error = self._error or exc
                 raise
@@ -234,14 +251,14 @@ class Runner:
             raise self.source_error
         return summary
 
-    def _process(self, frames: list[Frame], detector, tracker, aligner, selector, live: set[int]) -> list[AlignedFace]:
+    def _process(self, frames: list[Frame], detector, tracker, aligner, selector) -> list[AlignedFace | TrackEnd]:
         every = self.config.detect.every
         to_detect = [f for f in frames if f.index % every == 0]
         t0 = time.perf_counter()
         found = detector.detect([f.image for f in to_detect]) if to_detect else []
         self.timer.add("detect", time.perf_counter() - t0, len(to_detect))
         detections = {f.index: d for f, d in zip(to_detect, found)}
-        chosen: list[AlignedFace] = []
+        chosen: list[AlignedFace | TrackEnd] = []
         for frame in frames:
             t0 = time.perf_counter()
             dets = detections.get(frame.index)
@@ -250,13 +267,10 @@ class Runner:
             t1 = time.perf_counter()
             aligned = aligner(frame, updates)
             t2 = time.perf_counter()
-            ids = {u.track_id for u in updates}
-            ended, live_now = live - ids, ids
-            live.clear()
-            live.update(live_now)
-            picked = selector(aligned) + selector.end_tracks(ended)
+            picked = selector(aligned)
             self.track_ids.update(f.track_id for f in picked)
             chosen.extend(picked)
+            chosen.extend(self._ended(tracker, selector))
             t3 = time.perf_counter()
             self.timer.add("track", t1 - t0, 1)
             self.timer.add("align", t2 - t1, len(aligned))
@@ -264,6 +278,11 @@ class Runner:
             self.counts["faces_aligned"] += len(aligned)
             self.counts["frames_processed"] += 1
         return chosen
+
+    def _ended(self, tracker, selector) -> list[AlignedFace | TrackEnd]:
+        """The tracks the tracker ended since the last call: their best-N faces, then their ends."""
+        ends = tracker.pop_ended()
+        return [*selector.end_tracks(e.track_id for e in ends), *ends]
 
     def _make_matcher(self, detector):
         rec = self.config.recognition

@@ -4,7 +4,8 @@ A face is skipped when it is smaller than `min_face_size` (px, the detector box'
 scored below `min_score`. Of the rest, per track:
   * `every_k` > 0: every k-th face is emitted as it comes (1 = all of them);
   * `best_n` > 0: the N faces with the highest quality (sharpness x size x frontalness) are
-    emitted when the track ends (or the stream does), unless already emitted by `every_k`.
+    emitted by `end_tracks` when the tracker ends the track (at the latest when the input ends),
+    unless already emitted by `every_k`.
 
 Example:
     >>> sel = Selector(SelectConfig(every_k=0, best_n=3))
@@ -66,13 +67,11 @@ class Selector:
         return out
 
     def end_tracks(self, track_ids: Iterable[int]) -> list[AlignedFace]:
-        """The best-N faces of tracks that have ended, in frame order; their state is released."""
+        """The best-N faces of tracks that have ended, in frame order; their state is released.
+        Every track the selector has seen must end here once (the tracker's `TrackEnd`s)."""
         out = []
         for tid in track_ids:
             out.extend(sorted((f for _, _, f in self._best.pop(tid, [])), key=lambda f: f.frame_index))
             self._seen.pop(tid, None)
         return out
 
-    def flush(self) -> list[AlignedFace]:
-        """End of stream: the best-N faces of every track still open."""
-        return self.end_tracks(list(self._best))

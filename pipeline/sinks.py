@@ -1,12 +1,7 @@
-"""Disk sink: the run's output contract (DESIGN.md, "Contracts").
+"""Disk sink: writes the run folder (layout and line schema: `pipeline.run_folder`).
 
-Layout written under `out_dir`:
-
-    tracks.jsonl                          one JSON record per face, appended and flushed per line
-    tracks/<track_id>/<frame_index>.png   the SR face, exactly output_size x output_size
-    tracks/<track_id>/<frame_index>_lr.png, _bicubic.png   the LR crop and its bicubic upscale
-                                          (only with save_comparison=True; used by the report)
-    summary.json                          run totals, written atomically by `write_summary`
+tracks.jsonl gets one face line per `write` and one track_end line per `end_track` (after the
+track's faces); the images go to tracks/<track_id>/; summary.json is written by `write_summary`.
 
 Crash safety: every image and summary.json is written to a temporary name in the same folder and
 then renamed (`os.replace`), so a file either exists complete or not at all. A face's images are
@@ -20,13 +15,15 @@ There is no resume.
 
 Example:
     >>> import numpy as np, tempfile
-    >>> from pipeline.records import AlignedFace, Detection, EnhancedFace
+    >>> from pipeline.records import AlignedFace, Detection, EnhancedFace, TrackEnd
     >>> det = Detection(np.array([10., 20., 42., 60.]), 0.99, np.zeros((5, 2)))
     >>> lr = AlignedFace(3, 7, np.zeros((32, 32, 3), np.uint8), np.eye(2, 3), 32, 0.8, det, 0.28)
     >>> with DiskSink(tempfile.mkdtemp(), output_size=128) as sink:
     ...     rec = sink.write(EnhancedFace(lr, np.zeros((128, 128, 3), np.uint8), scale=4.0))
-    >>> rec["image"]
-    'tracks/3/7.png'
+    ...     end = sink.end_track(TrackEnd(3, frame_index=40, first_frame=5, last_frame=9, faces_seen=5,
+    ...                                   reason="lost"))
+    >>> rec["image"], end["faces_written"], end["best_frame"]
+    ('tracks/3/7.png', 1, 7)
 """
 from __future__ import annotations
 
@@ -34,7 +31,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import threading
 from collections.abc import Mapping
@@ -45,114 +41,11 @@ import cv2
 import numpy as np
 
 from pipeline.errors import SinkError
-from pipeline.records import EnhancedFace
+from pipeline.records import EnhancedFace, TrackEnd
+from pipeline.run_folder import (IDENTITIES_FILE, RUN_OUTPUTS, SUMMARY_FILE, TRACKS_DIR, TRACKS_FILE, FaceRecord,
+                                 TrackEndRecord)
 
 log = logging.getLogger(__name__)
-
-TRACKS_FILE = "tracks.jsonl"
-SUMMARY_FILE = "summary.json"
-IDENTITIES_FILE = "identities.jsonl"
-REPORT_FILE = "index.html"
-TRACKS_DIR = "tracks"
-#: Everything a run writes; `overwrite=True` removes exactly these.
-RUN_OUTPUTS = (TRACKS_FILE, SUMMARY_FILE, IDENTITIES_FILE, REPORT_FILE, TRACKS_DIR)
-
-_NUM: dict = {"type": "number"}
-_IMAGE_PATTERN = r"^tracks/[0-9]+/[0-9]+(_lr|_bicubic)?\.png$"
-
-#: JSON Schema (draft 2020-12) of one tracks.jsonl line. Extra fields are allowed.
-TRACK_RECORD_SCHEMA: dict = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "tracks.jsonl record",
-    "type": "object",
-    "required": ["track_id", "frame_index", "pts_time", "bbox", "landmarks", "det_score",
-                 "crop_size", "scale", "output_size", "image", "quality", "method"],
-    "properties": {
-        "track_id": {"type": "integer", "minimum": 0},
-        "frame_index": {"type": "integer", "minimum": 0},
-        "pts_time": {"type": ["number", "null"]},
-        "bbox": {"type": "array", "items": _NUM, "minItems": 4, "maxItems": 4},
-        "landmarks": {"type": "array", "minItems": 5, "maxItems": 5,
-                      "items": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2}},
-        "det_score": {"type": "number", "minimum": 0, "maximum": 1},
-        "crop_size": {"type": "integer", "minimum": 1},
-        "scale": {"type": "number", "exclusiveMinimum": 0},
-        "output_size": {"type": "integer", "minimum": 1},
-        "image": {"type": "string", "pattern": _IMAGE_PATTERN},
-        "lr_image": {"type": ["string", "null"], "pattern": _IMAGE_PATTERN},
-        "bicubic_image": {"type": ["string", "null"], "pattern": _IMAGE_PATTERN},
-        "quality": {"type": ["number", "null"]},
-        "method": {"type": "string", "minLength": 1},
-    },
-}
-
-_TYPES = {
-    "object": lambda v: isinstance(v, dict),
-    "array": lambda v: isinstance(v, list),
-    "string": lambda v: isinstance(v, str),
-    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-    "null": lambda v: v is None,
-    "boolean": lambda v: isinstance(v, bool),
-}
-
-
-def _check(value: Any, schema: Mapping, where: str, errors: list[str]) -> None:
-    """Check `value` against the subset of JSON Schema used in this module."""
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(_TYPES[t](value) for t in types):
-            errors.append(f"{where}: expected {'/'.join(types)}, got {value!r}")
-            return
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{where}: {value} < {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{where}: {value} > {schema['maximum']}")
-        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
-            errors.append(f"{where}: {value} <= {schema['exclusiveMinimum']}")
-    if isinstance(value, str):
-        if len(value) < schema.get("minLength", 0):
-            errors.append(f"{where}: empty string")
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(f"{where}: {value!r} does not match {schema['pattern']}")
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems", len(value)):
-            errors.append(f"{where}: wrong length {len(value)}")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                _check(item, schema["items"], f"{where}[{i}]", errors)
-    if isinstance(value, dict):
-        errors.extend(f"{where}: missing {k!r}" for k in schema.get("required", ()) if k not in value)
-        for key, sub in schema.get("properties", {}).items():
-            if key in value:
-                _check(value[key], sub, f"{where}.{key}", errors)
-
-
-def validate_record(rec: Any) -> None:
-    """Raise ValueError listing every way `rec` breaks TRACK_RECORD_SCHEMA (plus consistency checks).
-
-    No dependency on `jsonschema`: the schema subset used here is checked by hand.
-
-    Example:
-        >>> validate_record({"track_id": 1})  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-        ValueError: bad tracks.jsonl record: record: missing 'frame_index'; ...
-    """
-    errors: list[str] = []
-    _check(rec, TRACK_RECORD_SCHEMA, "record", errors)
-    if not errors:
-        x1, y1, x2, y2 = rec["bbox"]
-        if x2 < x1 or y2 < y1:
-            errors.append(f"record.bbox: not x1 <= x2, y1 <= y2: {rec['bbox']}")
-        expected = f"{TRACKS_DIR}/{rec['track_id']}/{rec['frame_index']}.png"
-        if rec["image"] != expected:
-            errors.append(f"record.image: {rec['image']!r} != {expected!r}")
-    if errors:
-        shown = "; ".join(errors[:3]) + ("; ..." if len(errors) > 3 else "")
-        raise ValueError(f"bad tracks.jsonl record: {shown}")
-
 
 def _jsonable(obj: Any) -> Any:
     """json.dumps `default=` hook: numpy scalars and arrays, paths."""
@@ -202,16 +95,8 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def _num(x: Any, digits: int) -> float | None:
-    """Round to `digits`; non-finite or None -> None (JSON has no NaN)."""
-    if x is None:
-        return None
-    x = float(x)
-    return round(x, digits) if math.isfinite(x) else None
-
-
 class DiskSink:
-    """Writes enhanced faces (images + tracks.jsonl) and summary.json under `out_dir`.
+    """Writes enhanced faces (images + tracks.jsonl), track ends and summary.json under `out_dir`.
 
     Args:
         out_dir: run folder; created if missing.
@@ -220,7 +105,7 @@ class DiskSink:
             (`_bicubic.png`) for the HTML report.
         overwrite: allow writing into a folder that already holds a run (its outputs are deleted).
 
-    Thread-safe: `write` may be called from several threads.
+    Thread-safe: `write` and `end_track` may be called from several threads.
     """
 
     def __init__(self, out_dir: Path | str, output_size: int, *, save_comparison: bool = True,
@@ -231,6 +116,7 @@ class DiskSink:
         self.overwrite = overwrite
         self.count = 0
         self.track_ids: set[int] = set()
+        self._open_tracks: dict[int, _Tally] = {}  # tracks with faces written and no end yet
         self._jsonl = None
         self._lock = threading.Lock()
 
@@ -294,36 +180,18 @@ class DiskSink:
         if face.sr.shape != (s, s, 3) or face.sr.dtype != np.uint8:
             raise ValueError(f"SR image must be {s}x{s}x3 uint8, got {face.sr.shape} {face.sr.dtype}")
         a = face.face
-        if pts_time is None:
-            pts_time = a.pts_time
-        rel = f"{TRACKS_DIR}/{int(a.track_id)}/{int(a.frame_index)}"
-        images = {f"{rel}.png": face.sr}
+        record = FaceRecord.of(face, s, a.pts_time if pts_time is None else pts_time, self.save_comparison)
+        images = {record.image: face.sr}
         if self.save_comparison:
-            images[f"{rel}_lr.png"] = a.crop
-            images[f"{rel}_bicubic.png"] = cv2.resize(a.crop, (s, s), interpolation=cv2.INTER_CUBIC)
-        rec = {
-            "track_id": int(a.track_id),
-            "frame_index": int(a.frame_index),
-            "pts_time": _num(pts_time, 6),
-            "bbox": [_num(v, 2) for v in np.asarray(a.detection.box).reshape(4)],
-            "landmarks": [[_num(x, 2), _num(y, 2)]
-                          for x, y in np.asarray(a.detection.landmarks).reshape(5, 2)],
-            "det_score": _num(a.detection.score, 4),
-            "crop_size": int(a.crop_size),
-            "scale": _num(face.scale, 4),
-            "output_size": s,
-            "image": f"{rel}.png",
-            "lr_image": f"{rel}_lr.png" if self.save_comparison else None,
-            "bicubic_image": f"{rel}_bicubic.png" if self.save_comparison else None,
-            "quality": _num(a.quality, 4),
-            "method": face.method,
-        }
+            images[record.lr_image] = a.crop
+            images[record.bicubic_image] = cv2.resize(a.crop, (s, s), interpolation=cv2.INTER_CUBIC)
+        rec = record.to_dict()
         line = (json.dumps(rec, allow_nan=False, default=_jsonable) + "\n").encode()
         encoded = {name: _encode_png(img) for name, img in images.items()}
         with self._lock:
             if self._jsonl is None:
                 raise RuntimeError("DiskSink is not open (use `with DiskSink(...) as sink`)")
-            folder = self.out_dir / rel.rsplit("/", 1)[0]
+            folder = self.out_dir / record.image.rsplit("/", 1)[0]
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -332,7 +200,21 @@ class DiskSink:
                 atomic_write_bytes(self.out_dir / name, data)
             self._append_line(line)
             self.count += 1
-            self.track_ids.add(rec["track_id"])
+            self.track_ids.add(record.track_id)
+            self._open_tracks.setdefault(record.track_id, _Tally()).add(record)
+        return rec
+
+    def end_track(self, end: TrackEnd) -> dict | None:
+        """Append the track_end line of a track that had faces written, forget the track, and return
+        the line's record; None (nothing written) for a track without faces."""
+        with self._lock:
+            if self._jsonl is None:
+                raise RuntimeError("DiskSink is not open (use `with DiskSink(...) as sink`)")
+            tally = self._open_tracks.pop(int(end.track_id), None)
+            if tally is None:
+                return None
+            rec = TrackEndRecord.of(end, tally.count, tally.best_quality, tally.best_frame).to_dict()
+            self._append_line((json.dumps(rec, allow_nan=False) + "\n").encode())
         return rec
 
     def _append_line(self, line: bytes) -> None:
@@ -359,3 +241,23 @@ class DiskSink:
         text = json.dumps(dict(summary), indent=2, allow_nan=False, default=_jsonable) + "\n"
         atomic_write_bytes(path, text.encode(), fsync=True)
         return path
+
+
+class _Tally:
+    """What a track_end line says about the faces written: how many, and the best one (highest
+    quality, no quality lowest, earliest frame on ties: the face the report shows)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.best_quality: float | None = None
+        self.best_frame = -1
+
+    @staticmethod
+    def _rank(quality: float | None, frame_index: int) -> tuple[float, int]:
+        return (-math.inf if quality is None else quality), -frame_index
+
+    def add(self, record: FaceRecord) -> None:
+        self.count += 1
+        if self.count == 1 or self._rank(record.quality, record.frame_index) > \
+                self._rank(self.best_quality, self.best_frame):
+            self.best_quality, self.best_frame = record.quality, record.frame_index

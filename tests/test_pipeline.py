@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -13,13 +14,14 @@ import yaml
 
 from models import build_model, save_checkpoint
 from pipeline.config import load_config, valid_keys
-from pipeline.demo import make_demo_clip
+from pipeline.demo import demo_frames, make_demo_clip
 from pipeline.enhance import Enhancer, EnhancerConfig
 from pipeline.errors import ConfigError
 from pipeline.records import AlignedFace, Detection
+from pipeline.recognition import Embedder, Gallery, GalleryMatcher, l2_normalize
+from pipeline.run_folder import load_run, validate_record
 from pipeline.runner import Runner
 from pipeline.select import SelectConfig, Selector
-from pipeline.sinks import validate_record
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = ROOT.parent / "shared" / "data" / "video"
@@ -73,7 +75,7 @@ def test_select_best_n_is_emitted_when_the_track_ends():
     assert [f.frame_index for f in sel.end_tracks([7])] == [1, 3]
     assert sel.end_tracks([7]) == []  # released
     sel([face(8, 0)])
-    assert [f.track_id for f in sel.flush()] == [8]
+    assert [f.track_id for f in sel.end_tracks([9, 8])] == [8]
 
 
 # -- enhance --------------------------------------------------------------------------------------
@@ -118,11 +120,12 @@ def demo_clip(tmp_path_factory):
 
 
 def check_run(out: Path, summary: dict, output_size: int) -> list[dict]:
-    records = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
-    for rec in records:
+    lines = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
+    for rec in lines:
         validate_record(rec)
-        import cv2
-
+    records = [r for r in lines if r["type"] == "face"]
+    check_track_ends(lines)
+    for rec in records:
         img = cv2.imread(str(out / rec["image"]))
         assert img.shape == (output_size, output_size, 3)
     keys = {(r["track_id"], r["frame_index"]) for r in records}
@@ -139,6 +142,22 @@ def check_run(out: Path, summary: dict, output_size: int) -> list[dict]:
     return records
 
 
+def check_track_ends(lines: list[dict]) -> None:
+    """One track_end line per track, after the track's faces, consistent with them."""
+    ends = [(i, r) for i, r in enumerate(lines) if r["type"] == "track_end"]
+    assert len({r["track_id"] for _, r in ends}) == len(ends)
+    faces = [(i, r) for i, r in enumerate(lines) if r["type"] == "face"]
+    assert {r["track_id"] for _, r in ends} == {r["track_id"] for _, r in faces}
+    for i, end in ends:
+        mine = [(j, r) for j, r in faces if r["track_id"] == end["track_id"]]
+        frames = [r["frame_index"] for _, r in mine]
+        assert max(j for j, _ in mine) < i, "the end comes after the track's last face"
+        assert end["faces_written"] == len(mine) <= end["faces_seen"]
+        assert end["first_frame"] <= min(frames) and max(frames) <= end["last_frame"] <= end["frame_index"]
+        best = max(mine, key=lambda jr: (jr[1]["quality"], -jr[1]["frame_index"]))[1]
+        assert (end["best_quality"], end["best_frame"]) == (best["quality"], best["frame_index"])
+
+
 def test_demo_clip_end_to_end_with_arasfsr(demo_clip, tiny_weights, tmp_path):
     cfg = load_config(ROOT / "configs/default.yaml", ["enhance.method=arasfsr", f"enhance.weights={tiny_weights}",
                                                       "enhance.output_size=150", "runtime.progress=false"])
@@ -152,6 +171,52 @@ def test_demo_clip_end_to_end_with_arasfsr(demo_clip, tiny_weights, tmp_path):
     assert sizes[0] > 2.5 * sizes[-1] and all(r["output_size"] == 150 for r in records)
     assert records[-1]["method"] == "arasfsr"
     assert (out / "index.html").is_file()
+
+
+class MeanColour(Embedder):
+    """A toy embedder (mean colour), so that recognition runs without dlib."""
+
+    input_size, threshold = 16, 10.0
+
+    def embed(self, face: np.ndarray) -> np.ndarray:
+        return l2_normalize(face.reshape(-1, 3).mean(0) + 1.0)
+
+
+def test_tracks_end_while_the_run_goes_on(tmp_path, monkeypatch):
+    """The face leaves for 8 frames and comes back: its first track ends (lost) while the input still
+    runs, and its track_end line and final identity are written then, before the second track's first
+    face; the second track ends with the input, the same way."""
+    frames = list(demo_frames(60))[:36]
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        if 12 <= i < 20:
+            frame = np.full_like(frame, 90)  # nobody there
+        cv2.imwrite(str(folder / f"{i:03d}.png"), frame)
+    out = tmp_path / "run"
+    matcher = GalleryMatcher(Gallery.from_images({"astronaut": [frames[0][60:120, 20:80]]}, MeanColour()),
+                             MeanColour(), out / "identities.jsonl", overwrite=True)
+    monkeypatch.setattr(Runner, "_make_matcher", lambda self, detector: matcher)
+    cfg = load_config(ROOT / "configs/default.yaml", ["runtime.progress=false", "enhance.method=bicubic",
+                                                      "track.max_age=3", "select.every_k=3", "select.best_n=2"])
+    summary = Runner(cfg, str(folder), out).run()
+    records = check_run(out, summary, 112)
+    lines = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
+    ends = [r for r in lines if r["type"] == "track_end"]
+    assert [(e["track_id"], e["reason"]) for e in ends] == [(1, "lost"), (2, "stream_end")]
+    first, second = ends
+    assert first["last_frame"] == 11 and first["frame_index"] == 15  # 4 detection frames without the face
+    assert second["first_frame"] == 20 and second["last_frame"] == second["frame_index"] == 35
+    assert lines.index(first) < min(i for i, r in enumerate(lines) if r["track_id"] == 2)
+    # best-N faces come out when the track ends, not only every 3rd face
+    assert {r["frame_index"] for r in records if r["track_id"] == 1} - set(range(0, 12, 3))
+    events = [json.loads(line) for line in (out / "identities.jsonl").read_text().splitlines()]
+    assert [(e["track_id"], e["final"]) for e in events] == [(1, False), (1, True), (2, False), (2, True)]
+    run = load_run(out)  # what a user (and the report) reads back
+    assert [f.to_dict() for f in run.faces] == records
+    assert {t: e.to_dict() for t, e in run.track_ends.items()} == {1: first, 2: second}
+    assert run.identities[1].final and run.identities[1].identity == "astronaut"
+    assert run.summary["tracks"] == 2 and "tracked frames 0-11" in (out / "index.html").read_text()
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

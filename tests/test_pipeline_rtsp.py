@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from pipeline.demo import make_demo_clip
-from pipeline.sinks import validate_record
+from pipeline.run_folder import validate_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,8 @@ def records(out: Path) -> list[dict]:
     path = out / "tracks.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    return [r for r in lines if r["type"] == "face"]  # not the track_end lines
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:

@@ -11,8 +11,9 @@ import pytest
 
 from pipeline.errors import ConfigError, PipelineError, SinkError
 from pipeline.recognition import (UNKNOWN, DlibEmbedder, Embedder, Gallery, GalleryMatcher,
-                                  dlib_available, face_distance, l2_normalize, load_events)
+                                  dlib_available, face_distance, l2_normalize)
 from pipeline.records import AlignedFace, Detection, EnhancedFace
+from pipeline.run_folder import read_identities
 
 KNN = Path(__file__).resolve().parents[2] / "shared/data/stills/identity/knn_examples"
 RED, BLUE, GREEN, GREY = (0, 0, 255), (255, 0, 0), (0, 255, 0), (128, 128, 128)
@@ -98,9 +99,9 @@ def test_matcher_votes_and_events(tmp_path: Path, gallery: Gallery) -> None:
     m.close()
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert [(e["track_id"], e["final"]) for e in lines[4:]] == [(1, True), (2, True), (3, True)]
-    last = load_events(out)
-    assert {t: e["identity"] for t, e in last.items()} == {1: "red", 2: UNKNOWN, 3: "red"}
-    assert last[2]["score"] > 0.3 and last[3]["votes"] == 2 and last[3]["frames"] == 3
+    last = read_identities(out)
+    assert {t: e.identity for t, e in last.items()} == {1: "red", 2: UNKNOWN, 3: "red"}
+    assert last[2].score > 0.3 and last[3].votes == 2 and last[3].frames == 3
 
 
 def test_matcher_min_votes(tmp_path: Path, gallery: Gallery) -> None:
@@ -110,9 +111,9 @@ def test_matcher_min_votes(tmp_path: Path, gallery: Gallery) -> None:
         assert m.update(enhanced(1, 1, RED))["identity"] == "red"
         assert m.update(enhanced(2, 1, BLUE)) is None
         assert not out.exists() or len(out.read_text().splitlines()) == 1
-    last = load_events(out)
-    assert last[1]["identity"] == "red" and last[1]["final"]
-    assert last[2]["identity"] == UNKNOWN and last[2]["candidate"] == "blue" and last[2]["votes"] == 1
+    last = read_identities(out)
+    assert last[1].identity == "red" and last[1].final
+    assert last[2].identity == UNKNOWN and last[2].candidate == "blue" and last[2].votes == 1
 
 
 def test_build_matcher_uses_detector_and_aligner(tmp_path: Path) -> None:
@@ -138,7 +139,7 @@ def test_build_matcher_uses_detector_and_aligner(tmp_path: Path) -> None:
         assert m.gallery.names == ["alice", "bob"] and m.threshold == 0.1
         (tmp_path / "identities.jsonl").unlink()
         assert m.update(enhanced(4, 0, BLUE))["identity"] == "bob"
-    assert load_events(tmp_path / "identities.jsonl")[4]["identity"] == "bob"
+    assert read_identities(tmp_path / "identities.jsonl")[4].identity == "bob"
 
 
 def test_matcher_options(tmp_path: Path, gallery: Gallery) -> None:
@@ -155,7 +156,7 @@ def test_matcher_options(tmp_path: Path, gallery: Gallery) -> None:
         GalleryMatcher(gallery, MeanColour(), tmp_path / "identities.jsonl")
     with GalleryMatcher(gallery, MeanColour(), tmp_path / "identities.jsonl", overwrite=True) as m:
         m.update(enhanced(1, 0, RED))
-    assert [e["identity"] for e in load_events(tmp_path / "identities.jsonl").values()] == ["red"]
+    assert [e.identity for e in read_identities(tmp_path / "identities.jsonl").values()] == ["red"]
 
 
 def test_dlib_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.records import AlignedFace, Detection, EnhancedFace
+from pipeline.records import AlignedFace, Detection, EnhancedFace, TrackEnd
 from pipeline.report import write_report
 from pipeline.sinks import DiskSink
 
@@ -42,6 +44,7 @@ def run_dir(tmp_path: Path) -> Path:
             sink.write(face(3, f, quality=0.9 if f == 5 else 0.1))
         sink.write(face(11, 40, quality=None, method="<b>bicubic</b>"))
         sink.write(face(12, 41, quality=0.5))
+        sink.end_track(TrackEnd(12, frame_index=50, first_frame=38, last_frame=41, faces_seen=4, reason="lost"))
         sink.write_summary({"frames_decoded": 50, "faces": 14, "fps": {"detect": 12.5},
                             "config": {"enhance": {"output_size": S}}})
     with open(tmp_path / "tracks.jsonl", "a") as f:
@@ -68,6 +71,8 @@ def test_report_content(run_dir: Path) -> None:
     assert "0.00s - 0.44s" in page and "faces 12" in page
     assert "image-rendering:pixelated" in page
     assert "best face: frame 5" in page  # track 3's highest quality
+    assert "tracked frames 38-41, 4 detections (lost)" in page  # track 12's end; 3 and 11 have none yet
+    assert page.count("tracked frames") == 1
     assert not list(run_dir.glob(".*.tmp"))
 
 
@@ -97,3 +102,10 @@ def test_report_empty_and_missing(tmp_path: Path) -> None:
     assert "No faces in this run" in write_report(tmp_path / "run").read_text()
     with pytest.raises(PipelineError, match="no tracks.jsonl"):
         write_report(tmp_path / "nothing")
+
+
+def test_report_reads_the_run_folder_without_the_recognition_stage() -> None:
+    code = "import sys, pipeline.report; print('pipeline.recognition' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert res.stdout.strip() == "False"

@@ -1,4 +1,5 @@
-"""DiskSink: output layout, tracks.jsonl records, atomic writes, disk errors, existing runs."""
+"""DiskSink and the run folder: output layout, tracks.jsonl records and track ends, atomic writes, disk errors,
+existing runs, and `load_run` reading it all back."""
 from __future__ import annotations
 
 import errno
@@ -11,9 +12,10 @@ import numpy as np
 import pytest
 
 from pipeline import sinks
-from pipeline.errors import SinkError
-from pipeline.records import AlignedFace, Detection, EnhancedFace
-from pipeline.sinks import TRACK_RECORD_SCHEMA, DiskSink, validate_record
+from pipeline.errors import PipelineError, SinkError
+from pipeline.records import AlignedFace, Detection, EnhancedFace, TrackEnd
+from pipeline.run_folder import TRACK_RECORD_SCHEMA, FaceRecord, IdentityRecord, load_run, validate_record
+from pipeline.sinks import DiskSink
 
 S = 64
 
@@ -178,3 +180,74 @@ def test_validate_record_rejects(change: dict, problem: str) -> None:
     del incomplete["pts_time"]
     with pytest.raises(ValueError, match="missing 'pts_time'"):
         validate_record(incomplete)
+
+
+def end(track_id: int, frame_index: int = 20, first: int = 0, last: int = 9, seen: int = 10,
+        reason: str = "lost") -> TrackEnd:
+    return TrackEnd(track_id, frame_index, first, last, seen, reason)
+
+
+def test_track_end_line_summarises_the_faces_written(tmp_path: Path) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        for frame, q in [(2, 0.5), (4, 0.9), (6, 0.9), (8, 0.1)]:
+            sink.write(make_face(1, frame, quality=q))
+        sink.write(make_face(7, 3))
+        rec = sink.end_track(end(1))
+        assert sink.end_track(end(1)) is None  # its state is released: no second line
+        assert sink.end_track(end(5)) is None  # a track without faces gets no line
+    lines = read_jsonl(tmp_path / "tracks.jsonl")
+    assert [(r["type"], r["track_id"]) for r in lines] == [("face", 1)] * 4 + [("face", 7), ("track_end", 1)]
+    assert lines[-1] == rec == {"type": "track_end", "track_id": 1, "frame_index": 20, "first_frame": 0,
+                                "last_frame": 9, "faces_seen": 10, "faces_written": 4, "best_quality": 0.9,
+                                "best_frame": 4, "reason": "lost"}  # first of the best on ties
+    validate_record(rec)
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"faces_written": 11}, "faces_written > faces_seen"),
+    ({"faces_written": 0}, "faces_written"),
+    ({"best_frame": 12}, "best_frame <= last_frame"),
+    ({"reason": "bored"}, "reason"),
+    ({"first_frame": -1}, "first_frame"),
+])
+def test_validate_track_end_rejects(change: dict, problem: str) -> None:
+    rec = {"type": "track_end", "track_id": 1, "frame_index": 20, "first_frame": 0, "last_frame": 9,
+           "faces_seen": 10, "faces_written": 4, "best_quality": None, "best_frame": 4, "reason": "stream_end"}
+    validate_record(rec)
+    with pytest.raises(ValueError, match=problem):
+        validate_record({**rec, **change})
+
+
+def test_load_run_round_trips_what_the_sinks_wrote(tmp_path: Path) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        written = [sink.write(make_face(1, 0)), sink.write(make_face(7, 3, crop=33, pts=None)),
+                   sink.write(make_face(1, 4, quality=0.9))]
+        ended = sink.end_track(end(1, frame_index=9, last=4, seen=5))
+        sink.write_summary({"faces_written": 3})
+    idents = [IdentityRecord(1, "alice", 0.31, 2, 2, 4, final=True),
+              IdentityRecord(7, "unknown", 0.7, 1, 1, 3, candidate="bob")]
+    (tmp_path / "identities.jsonl").write_text("".join(json.dumps(i.to_dict()) + "\n" for i in idents))
+    with open(tmp_path / "tracks.jsonl", "a") as f:
+        f.write('{"type": "face", "track_id": 99, "frame_ind')  # a line torn by a crash
+    run = load_run(tmp_path)
+    assert all(isinstance(f, FaceRecord) for f in run.faces)
+    assert [f.to_dict() for f in run.faces] == written
+    assert list(run.track_ends) == [1] and run.track_ends[1].to_dict() == ended
+    assert run.track_ends[1].faces_written == 2 and run.track_ends[1].best_frame == 4
+    assert run.identities == {1: idents[0], 7: idents[1]} and run.identities[7].candidate == "bob"
+    assert run.summary == {"faces_written": 3} and run.folder == tmp_path
+    assert {t: [f.frame_index for f in fs] for t, fs in run.tracks().items()} == {1: [0, 4], 7: [3]}
+    assert run.faces[1].pts_time is None and run.faces[1].crop_size == 33
+    assert (tmp_path / run.faces[0].image).is_file() and (tmp_path / run.faces[0].lr_image).is_file()
+
+
+def test_load_run_reads_lines_without_type_and_refuses_other_folders(tmp_path: Path) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        rec = sink.write(make_face(2, 5))
+    old = {k: v for k, v in rec.items() if k != "type"}  # a run written before track ends existed
+    (tmp_path / "tracks.jsonl").write_text(json.dumps(old) + "\n" + json.dumps({**old, "image": "/etc/passwd"}) + "\n")
+    run = load_run(tmp_path)
+    assert [f.to_dict() for f in run.faces] == [rec]  # the line with a path outside the folder is skipped
+    assert run.track_ends == {} and run.identities == {} and run.summary == {}
+    with pytest.raises(PipelineError, match="no tracks.jsonl"):
+        load_run(tmp_path / "nothing")

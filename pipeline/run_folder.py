@@ -385,8 +385,8 @@ def load_run(folder: Path | str) -> Run:
 
     Example:
         >>> run = load_run("out/clip")  # doctest: +SKIP
-        >>> [(e.track_id, e.first_frame, e.last_frame, e.faces_written) for e in run.track_ends.values()]  # doctest: +SKIP
-        [(1, 0, 29, 30)]
+        >>> [(e.first_frame, e.last_frame, e.faces_written) for e in run.track_ends.values()]  # doctest: +SKIP
+        [(0, 29, 30)]
     """
     folder = Path(folder)
     tracks_path = folder / TRACKS_FILE

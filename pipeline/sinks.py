@@ -47,6 +47,7 @@ from pipeline.run_folder import (IDENTITIES_FILE, RUN_OUTPUTS, SUMMARY_FILE, TRA
 
 log = logging.getLogger(__name__)
 
+
 def _jsonable(obj: Any) -> Any:
     """json.dumps `default=` hook: numpy scalars and arrays, paths."""
     if isinstance(obj, np.generic):

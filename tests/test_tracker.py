@@ -209,7 +209,8 @@ def test_tentative_track_ends_unconfirmed_and_live_tracks_end_at_finish():
     assert [(e.track_id, e.reason, e.first_frame, e.last_frame) for e in trk.pop_ended()] == [(2, "unconfirmed", 0, 0)]
     trk.update(2, [face(100, 100)])
     trk.finish()
-    assert trk.pop_ended() == [TrackEnd(1, frame_index=2, first_frame=0, last_frame=2, faces_seen=3, reason="stream_end")]
+    assert trk.pop_ended() == [TrackEnd(1, frame_index=2, first_frame=0, last_frame=2, faces_seen=3,
+                                        reason="stream_end")]
     assert trk.num_tracks == 0 and trk.pop_ended() == []
     trk.finish()
     assert trk.pop_ended() == []

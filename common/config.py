@@ -134,6 +134,8 @@ def _is_union(hint: Any) -> bool:
 
 def _chosen(options: list[type], data: dict) -> type:
     """The member of a union of dataclasses named by data["name"] (default: the first's name)."""
+    if len(options) == 1:
+        return options[0]
     names = {o.__dataclass_fields__["name"].default: o for o in options}
     name = data.get("name", next(iter(names)))
     if name not in names:

@@ -94,7 +94,9 @@ def merge(cls: type, base: dict, top: dict) -> dict:
     for key, value in top.items():
         section = _section_types(hints.get(key))
         if section and isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(_chosen(section, {**out[key], **value}), out[key], value)
+            chosen = _chosen(section, {**out[key], **value})
+            # another member of a union (e.g. encoder rdn over edsr) replaces the section: its keys differ
+            out[key] = merge(chosen, out[key], value) if _chosen(section, out[key]) is chosen else value
         else:
             out[key] = value
     return out

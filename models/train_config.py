@@ -92,7 +92,8 @@ class TrainConfig:
         try:
             return load_model_config(repo_path(self.model), self.model_overrides)
         except ConfigError as exc:
-            raise ConfigError(f"{self.model}: {exc}") from None
+            where = f"{self.model} with model_overrides" if self.model_overrides else self.model
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def _raw(path: Path) -> dict:

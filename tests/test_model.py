@@ -257,3 +257,8 @@ def test_optimizer_state_round_trips(tmp_path):
     (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated|not a safetensors"):
         load_optimizer_state(fresh, model, tmp_path / "cut.safetensors")
+
+
+def test_overriding_the_encoder_kind_replaces_its_section(tmp_path):
+    cfg = load_model_config(ROOT / "configs/model/arasfsr_edsr.yaml", {"encoder": {"name": "rdn", "n_blocks": 2}})
+    assert cfg["encoder"] == {"name": "rdn", "n_blocks": 2, "n_convs": 8, "growth": 64, "g0": 64}

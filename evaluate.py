@@ -24,24 +24,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from models import CheckpointError, load_model
-from models.data import EVAL_DEGRADATIONS, NN_JPEG_QUALITY, DataError, FaceSet, make_lr, resize, resize_mask
-from models.metrics import y_metrics
+from common import cli
+from common.errors import UserError
+from models import load_model
+from models.data import EVAL_DEGRADATIONS, NN_JPEG_QUALITY, FaceSet
+from models.scoring import REGIONS, EvalPairs, bicubic_upscaler, model_upscaler, score
 
 log = logging.getLogger("evaluate")
-
-
-class UserError(Exception):
-    """Bad command-line input; reported as one line, no traceback."""
 
 
 def int_list(text: str) -> list[int]:
@@ -77,21 +73,14 @@ class Method:
         label, path = (label, path) if sep else ("", spec)
         self.path = path
         if path.lower() == "bicubic":
-            self.model, self.label, self.info = None, label or "Bicubic", {"weights": "bicubic"}
+            self.upscale, self.label, self.info = bicubic_upscaler, label or "Bicubic", {"weights": "bicubic"}
             return
-        self.model = load_model(path, device=device)
-        meta = self.model.metadata
-        self.label = label or f"{self.model.config['name']} ({Path(path).parent.name}/{Path(path).stem})"
-        self.info = {"weights": path, "model": self.model.config["name"], "step": meta.get("step"),
+        model = load_model(path, device=device)
+        self.upscale = model_upscaler(model)
+        meta = model.metadata
+        self.label = label or f"{model.config['name']} ({Path(path).parent.name}/{Path(path).stem})"
+        self.info = {"weights": path, "model": model.config["name"], "step": meta.get("step"),
                      "train_config": meta.get("config"), "val_psnr": meta.get("val_psnr")}
-
-    def __call__(self, lr: np.ndarray, hr: int) -> np.ndarray:
-        """N x h x w x 3 uint8 -> N x hr x hr x 3 uint8."""
-        if self.model is None:
-            return np.stack([resize(img, hr, "bicubic") for img in lr])
-        x = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(255.0)
-        sr = self.model.upscale(x.to(self.model.device), (hr, hr))
-        return (sr * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def evaluate(methods: list[Method], faces: FaceSet, settings: list[tuple[int, int]], degrade: str,
@@ -100,20 +89,13 @@ def evaluate(methods: list[Method], faces: FaceSet, settings: list[tuple[int, in
     results: dict[str, dict[str, dict]] = {m.label: {} for m in methods}
     bar = tqdm(total=len(settings) * len(methods) * len(faces), desc="evaluate", unit="img", dynamic_ncols=True)
     for lr_size, hr_size in settings:
-        gt = [resize(img, hr_size, "bicubic") for img in faces.images]
-        masks = [resize_mask(m, hr_size) if region == "photo" else None for m in faces.masks]
-        lrs = np.stack([make_lr(img, lr_size, degrade, jpeg_quality) for img in faces.images])
+        pairs = EvalPairs.make(faces, lr_size, hr_size, degrade, jpeg_quality, region)
         for method in methods:
             bar.set_postfix(setting=column(lr_size, hr_size), method=method.label[:24], refresh=False)
-            start, scores = time.perf_counter(), []
-            for s in range(0, len(lrs), batch):
-                sr = method(lrs[s:s + batch], hr_size)
-                scores += [y_metrics(a, gt[s + k], masks[s + k]) for k, a in enumerate(sr)]
-                bar.update(len(sr))
-            psnrs = [p for p, _ in scores if math.isfinite(p)]
+            start = time.perf_counter()
+            result = score(method.upscale, pairs, batch, progress=bar.update)
             results[method.label][column(lr_size, hr_size)] = {
-                "psnr": float(np.mean(psnrs)) if psnrs else None, "ssim": float(np.mean([s for _, s in scores])),
-                "n": len(scores), "lr": lr_size, "hr": hr_size, "seconds": round(time.perf_counter() - start, 2)}
+                **result, "lr": lr_size, "hr": hr_size, "seconds": round(time.perf_counter() - start, 2)}
     bar.close()
     return results
 
@@ -132,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", nargs="+", action="extend", required=True,
                     help="checkpoint(s) ([LABEL=]path) and/or 'bicubic'; one row each")
-    ap.add_argument("--data", type=Path, required=True, help="prepared face folder (train.py prepare)")
+    ap.add_argument("--data", type=Path, required=True, help="prepared face folder (prepare.py)")
     ap.add_argument("--lr", type=int_list, default=[64], help="LR size(s): one, or one per --hr size")
     ap.add_argument("--hr", type=int_list, default=[96, 128, 256, 512], help="HR sizes, comma-separated")
     ap.add_argument("--degrade", choices=EVAL_DEGRADATIONS, default="bicubic")
     ap.add_argument("--jpeg-quality", type=int, default=NN_JPEG_QUALITY, help="JPEG quality of nn-jpeg")
     ap.add_argument("--split", default="val", help="val, train or all")
-    ap.add_argument("--region", choices=("photo", "full"), default="photo")
+    ap.add_argument("--region", choices=REGIONS, default="photo")
     ap.add_argument("--limit", type=int, help="evaluate the first N faces only")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--device", default="auto")
@@ -148,19 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", type=Path, help="write the table as markdown")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        settings = settings_from(args.lr, args.hr)
-        methods = [Method(spec, args.device) for spec in args.weights]
-        if len({m.label for m in methods}) < len(methods):
-            raise UserError("two rows would have the same label; name them with LABEL=path")
-        faces = FaceSet.load(args.data, None if args.split == "all" else args.split, limit=args.limit)
-        start = time.perf_counter()
-        results = evaluate(methods, faces, settings, args.degrade, args.jpeg_quality, args.region, args.batch)
-    except (UserError, DataError, CheckpointError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = settings_from(args.lr, args.hr)
+    methods = [Method(spec, args.device) for spec in args.weights]
+    if len({m.label for m in methods}) < len(methods):
+        raise UserError("two rows would have the same label; name them with LABEL=path")
+    faces = FaceSet.load(args.data, None if args.split == "all" else args.split, limit=args.limit)
+    start = time.perf_counter()
+    results = evaluate(methods, faces, settings, args.degrade, args.jpeg_quality, args.region, args.batch)
     columns = [column(lr, hr) for lr, hr in settings]
     lr_text = (f"nearest neighbour + JPEG q{args.jpeg_quality}" if args.degrade == "nn-jpeg"
                else "bicubic (antialiased)")

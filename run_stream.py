@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run the face super-resolution pipeline on a video file, an RTSP camera, a webcam or an image folder.
 
-    python run_stream.py --source clip.mp4 [--config configs/default.yaml] [--out DIR] [--set key=value ...]
+    python run_stream.py --source clip.mp4 [--config configs/cctv.yaml] [--out DIR] [--set key=value ...]
 
 SRC: a video file, rtsp://..., webcam:N, a folder of images, or `demo` (a generated clip of a face
 moving and shrinking from 80 to 16 px). Writes DIR/tracks.jsonl, DIR/tracks/<id>/<frame>.png,
@@ -15,14 +15,14 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-EXIT_ERROR, EXIT_INTERRUPTED = 1, 130  # 130: a second Ctrl-C, which does not wait for the flush
+from common import cli
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True, help="video file, rtsp://..., webcam:N, image folder, or 'demo'")
-    ap.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"), help="preset YAML (configs/*.yaml)")
+    ap.add_argument("--config", help="preset YAML (configs/*.yaml); default: the built-in defaults, which "
+                    "configs/default.yaml documents")
     ap.add_argument("--out", help="output folder (default: output.dir of the config)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value, e.g. --set enhance.output_size=160 (repeatable)")
@@ -35,34 +35,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # Imported here so that --help is instant and import problems are not mistaken for bad input.
-    from models import CheckpointError
+    return cli.run(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that --help is instant.
     from pipeline.config import load_config
-    from pipeline.errors import PipelineError
     from pipeline.runner import Runner, install_signal_handlers
 
-    try:
-        overrides = list(args.overrides)
-        if args.overwrite:
-            overrides.append("output.overwrite=true")
-        if args.quiet:
-            overrides.append("runtime.progress=false")
-        config = load_config(args.config, overrides)
-        source = args.source
-        out_dir = Path(args.out or config.output.dir)
-        if source == "demo":
-            from pipeline.demo import make_demo_clip
+    overrides = list(args.overrides)
+    if args.overwrite:
+        overrides.append("output.overwrite=true")
+    if args.quiet:
+        overrides.append("runtime.progress=false")
+    config = load_config(args.config, overrides)
+    source = args.source
+    out_dir = Path(args.out or config.output.dir)
+    if source == "demo":
+        from pipeline.demo import make_demo_clip
 
-            source = str(make_demo_clip(out_dir.parent / f"{out_dir.name}_input" / "astronaut_demo.mp4"))
-        stop = threading.Event()
-        install_signal_handlers(stop)
-        summary = Runner(config, source, out_dir, stop=stop).run()
-    except (PipelineError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        source = str(make_demo_clip(out_dir.parent / f"{out_dir.name}_input" / "astronaut_demo.mp4"))
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    summary = Runner(config, source, out_dir, stop=stop).run()
     print(f"{summary['frames_processed']} frames, {summary['faces_detected']} faces detected, "
           f"{summary['faces_written']} faces in {summary['tracks']} tracks written to {out_dir} "
           f"({summary['fps']} fps); open {out_dir / 'index.html'}")

@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import cli  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.runner import Runner  # noqa: E402
 from pipeline.source import open_source  # noqa: E402
@@ -30,13 +31,17 @@ def decode_only(source: str, cfg) -> dict:
     return {"frames": n, "wall_s": round(wall, 3), "fps": round(n / wall, 2)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True)
     ap.add_argument("--config", default=str(ROOT / "configs/default.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    return cli.run(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, [*args.overrides, "runtime.progress=false", "output.report=false"])
     decode = decode_only(args.source, cfg)
     with tempfile.TemporaryDirectory() as out:
@@ -56,4 +61,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import build_model, load_model, resolve_device  # noqa: E402
+from common import cli  # noqa: E402
+from models import build_model, load_model, load_model_config, resolve_device  # noqa: E402
 
 
 def timed(fn, repeats: int, device: torch.device) -> list[float]:
@@ -35,7 +35,7 @@ def timed(fn, repeats: int, device: torch.device) -> list[float]:
     return times
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="model config YAML (random weights: speed does not depend on them)")
@@ -47,11 +47,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    return cli.run(lambda: run(args))
 
+
+def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model = (load_model(args.weights, device) if args.weights else
-             build_model(yaml.safe_load(open(args.config))).to(device).eval())
+             build_model(load_model_config(args.config)).to(device).eval())
     results = []
     for batch in args.batch:
         lr = torch.rand(batch, 3, args.lr, args.lr, device=device)
@@ -75,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

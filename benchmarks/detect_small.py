@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import cli  # noqa: E402
 from models.camera import CameraModel  # noqa: E402
 from models.data import resize  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -127,7 +128,7 @@ def table(result: dict, widths, cams) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lfw", type=Path, default=LFW)
     ap.add_argument("--n", type=int, default=200)
@@ -138,7 +139,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: stable timings)")
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    return cli.run(lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
 
     cfg = load_config(args.config, [*args.overrides, "detect.device=cpu"])
@@ -159,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -38,7 +38,7 @@ whose probe was detected; `accuracy_all` counts lost probes as errors; `delta_ac
 `delta_auc`: the method minus bicubic in points (x 100). accuracy / auc are fractions in [0, 1].
 
 Outputs: the markdown table on stdout; `--json`, `--markdown`, `--plot` (accuracy vs face width,
-one panel per camera model). User errors print one `error: ...` line and exit 1.
+one panel per camera model). User errors print one `error: ...` line and exit 2 (common.cli).
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from common import cli  # noqa: E402
 from models.camera import CameraModel  # noqa: E402
 from models.data import resize  # noqa: E402
 from pipeline.errors import ConfigError, PipelineError, SinkError, SourceError  # noqa: E402
@@ -637,32 +638,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        cells = parse_cells(args.cells if args.cells is not None else (QUICK_CELLS if args.quick else FULL_CELLS))
-        pairs = args.pairs if args.pairs is not None else (QUICK_PAIRS if args.quick else DEFAULT_PAIRS)
-        methods = parse_methods(args.weights)
-        detector_settings(args.detect)  # fail early on a bad --detect
-        if not args.data.is_dir():
-            raise SourceError(f"identity data not found: {args.data} (LFW people, one folder per person; --data)")
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-        log.info("probe descriptor: %s", probe_descriptor_path())
-        log.info("gallery descriptor: %s", GALLERY_PATH)
-        report = run_benchmark(args.data, pairs=pairs, cells=cells, methods=methods, seed=args.seed,
-                               output_size=args.output_size, detect=args.detect, device=args.device,
-                               progress=not args.no_progress)
-        report["settings"]["command"] = " ".join(["benchmarks/identity.py", *(argv if argv is not None else sys.argv[1:])])
-        table = to_markdown(report)
-        if args.json:
-            _write(args.json, lambda p: p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))
-        if args.markdown:
-            _write(args.markdown, lambda p: p.write_text(table, encoding="utf-8"))
-        if args.plot:
-            _write(args.plot, lambda p: plot(report, p))
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return cli.run(lambda: run(args, argv))
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    cells = parse_cells(args.cells if args.cells is not None else (QUICK_CELLS if args.quick else FULL_CELLS))
+    pairs = args.pairs if args.pairs is not None else (QUICK_PAIRS if args.quick else DEFAULT_PAIRS)
+    methods = parse_methods(args.weights)
+    detector_settings(args.detect)  # fail early on a bad --detect
+    if not args.data.is_dir():
+        raise SourceError(f"identity data not found: {args.data} (LFW people, one folder per person; --data)")
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    log.info("probe descriptor: %s", probe_descriptor_path())
+    log.info("gallery descriptor: %s", GALLERY_PATH)
+    report = run_benchmark(args.data, pairs=pairs, cells=cells, methods=methods, seed=args.seed,
+                           output_size=args.output_size, detect=args.detect, device=args.device,
+                           progress=not args.no_progress)
+    report["settings"]["command"] = " ".join(["benchmarks/identity.py", *(argv if argv is not None else sys.argv[1:])])
+    table = to_markdown(report)
+    if args.json:
+        _write(args.json, lambda p: p.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8"))
+    if args.markdown:
+        _write(args.markdown, lambda p: p.write_text(table, encoding="utf-8"))
+    if args.plot:
+        _write(args.plot, lambda p: plot(report, p))
     s = report["settings"]
     print(table)
     print(f"{s['photos_excluded_no_dlib_face']} of {s['photos_examined']} photos examined had no dlib face "

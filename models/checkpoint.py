@@ -1,4 +1,5 @@
-"""Checkpoints: safetensors files carrying the model config in their metadata. Nothing is unpickled."""
+"""Checkpoints: safetensors files carrying the model config in their metadata, and the optimizer
+state written beside them for resuming a training run. Nothing is unpickled."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from common.errors import ConfigError, UserError
+
 from .arasfsr import ARASFSR
 from .config import resolve_config
 
@@ -18,7 +21,7 @@ FORMAT = "arasfsr-checkpoint"
 MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file that cannot be loaded: not safetensors, truncated, or not matching its config."""
 
 
@@ -35,10 +38,15 @@ def save_checkpoint(model: ARASFSR, path: str | Path, **metadata) -> Path:
     Example:
         >>> save_checkpoint(model, "runs/x/last.safetensors", step=1000, psnr=31.2)  # doctest: +SKIP
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"format": FORMAT, "config": json.dumps(model.config), "metadata": json.dumps(metadata)}
+    return _write(tensors, path, header)
+
+
+def _write(tensors: dict[str, torch.Tensor], path: str | Path, header: dict[str, str]) -> Path:
+    """Write a safetensors file under a temporary name and rename it: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -105,7 +113,7 @@ def load_model(path: str | Path, device: str | torch.device = "auto") -> ARASFSR
     info = read_metadata(path)
     try:
         model = build_model(info["config"])
-    except (ValueError, KeyError, TypeError) as exc:
+    except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
     try:
         tensors = load_file(str(path))
@@ -122,3 +130,40 @@ def load_model(path: str | Path, device: str | torch.device = "auto") -> ARASFSR
     model.load_state_dict(tensors)
     model.metadata = info["metadata"]
     return model.to(resolve_device(device)).eval()
+
+
+# --- optimizer state, beside the model checkpoint ---------------------------------------------
+
+
+def save_optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module, path: str | Path, **metadata) -> Path:
+    """Adam moments per parameter name and the torch RNG state(s), as safetensors (for --resume)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                tensors[f"{key}/{names[id(p)]}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return _write(tensors, path, {"metadata": json.dumps(metadata)})
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, model: torch.nn.Module, path: str | Path) -> dict:
+    """Restore what save_optimizer_state wrote into `opt` (for `model`'s parameters) and the RNG
+    state; returns the metadata saved with it."""
+    path = Path(path)
+    header = _read_header(path)  # a CheckpointError for what is not a complete safetensors file
+    try:
+        metadata = json.loads(header["metadata"])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"optimizer state {path} cannot be read: {exc}") from None
+    for name, p in model.named_parameters():
+        state = {key: tensors[f"{key}/{name}"] for key in ("step", "exp_avg", "exp_avg_sq") if f"{key}/{name}" in tensors}
+        if state:
+            state["exp_avg"], state["exp_avg_sq"] = (state[k].to(p.device) for k in ("exp_avg", "exp_avg_sq"))
+            opt.state[p] = state
+    torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    return metadata

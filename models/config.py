@@ -1,63 +1,80 @@
-"""Model configs: the parsed YAML of configs/model/*.yaml, checked and completed with defaults."""
+"""Model configs (configs/model/*.yaml): the typed schema, its defaults, and loading.
+
+The model itself takes the plain dict form (`resolve_config`), which is also what a checkpoint stores
+in its metadata, so a checkpoint stays readable without this module's classes.
+"""
 from __future__ import annotations
 
-import copy
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from common.config import build, merge, read_yaml, setting
 
-ENCODER_DEFAULTS = {
-    "edsr": {"n_resblocks": 16, "n_feats": 64, "res_scale": 1.0},
-    "rdn": {"n_blocks": 16, "n_convs": 8, "growth": 64, "g0": 64},
-}
-DEFAULTS = {
-    "name": "arasfsr",
-    "encoder": {"name": "edsr"},
-    "decoder": {"hidden": 256, "layers": 4},
-    "local_frequency": {"enabled": True, "latent": 64, "token": 8, "width": 64},
-    "global_coordinate": {"enabled": True, "n_freqs": 10},
-    "scale_conditioning": True,
-    "skip": True,
-}
+KIND = "model config"
 
 
-def merge_config(defaults: dict, given: dict, kind: str, where: str = "", free_form: frozenset = frozenset()) -> dict:
-    """`given` merged over a deep copy of `defaults`; a key not in `defaults` raises ValueError naming the valid ones.
+@dataclass
+class EDSRConfig:
+    """EDSR-baseline encoder (paper: "E-ARASFSR")."""
 
-    `kind` names the config in messages ("model config"); `free_form` lists dotted keys whose mapping is taken
-    as given (not checked against the defaults).
-
-        >>> merge_config({"a": {"b": 1}}, {"a": {"b": 2}}, "demo config")
-        {'a': {'b': 2}}
-    """
-    if not isinstance(given, dict):
-        raise ValueError(f"{kind} {where.rstrip('.') or 'root'} must be a mapping, got {type(given).__name__}")
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown {kind} key(s) {', '.join(where + k for k in unknown)}; "
-                         f"valid: {', '.join(where + k for k in sorted(defaults))}")
-    out = copy.deepcopy(defaults)
-    for key, value in given.items():
-        nested = isinstance(defaults[key], dict) and where + key not in free_form
-        out[key] = merge_config(defaults[key], value, kind, f"{where}{key}.", free_form) if nested else value
-    return out
+    name: str = "edsr"
+    n_resblocks: int = setting(16, lo=1)
+    n_feats: int = setting(64, lo=1)
+    res_scale: float = setting(1.0, lo=0.0)
 
 
-def resolve_config(cfg: dict) -> dict:
-    """Return `cfg` completed with defaults; unknown keys raise ValueError listing the valid ones."""
-    encoder = dict((cfg or {}).get("encoder", {}))
-    name = encoder.get("name", "edsr")
-    if name not in ENCODER_DEFAULTS:
-        raise ValueError(f"unknown encoder {name!r}; valid: {', '.join(ENCODER_DEFAULTS)}")
-    defaults = copy.deepcopy(DEFAULTS)
-    defaults["encoder"] = {"name": name, **ENCODER_DEFAULTS[name]}
-    out = merge_config(defaults, cfg or {}, "model config")
-    if out["decoder"]["layers"] < 1 or out["decoder"]["hidden"] < 1:
-        raise ValueError("decoder.layers and decoder.hidden must be >= 1")
-    return out
+@dataclass
+class RDNConfig:
+    """RDN encoder (paper: "R-ARASFSR")."""
+
+    name: str = "rdn"
+    n_blocks: int = setting(16, lo=1)
+    n_convs: int = setting(8, lo=1)
+    growth: int = setting(64, lo=1)
+    g0: int = setting(64, lo=1)
 
 
-def load_config(path: str | Path) -> dict:
-    """Read a configs/model/*.yaml file."""
-    with open(path, encoding="utf-8") as fh:
-        return yaml.safe_load(fh) or {}
+@dataclass
+class DecoderConfig:
+    hidden: int = setting(256, lo=1)  # LIIF's MLP width and depth
+    layers: int = setting(4, lo=1)
+
+
+@dataclass
+class LocalFrequencyConfig:  # sec. 3.3
+    enabled: bool = True
+    latent: int = setting(64, lo=1)
+    token: int = setting(8, lo=1)
+    width: int = setting(64, lo=1)
+
+
+@dataclass
+class GlobalCoordinateConfig:  # sec. 3.4, eq. 6
+    enabled: bool = True
+    n_freqs: int = setting(10, lo=1)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "arasfsr"
+    encoder: EDSRConfig | RDNConfig = field(default_factory=EDSRConfig)  # chosen by encoder.name
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    local_frequency: LocalFrequencyConfig = field(default_factory=LocalFrequencyConfig)
+    global_coordinate: GlobalCoordinateConfig = field(default_factory=GlobalCoordinateConfig)
+    scale_conditioning: bool = True  # r = [1/r_y, 1/r_x], eq. 3
+    skip: bool = True  # long skip connection, sec. 3.5
+
+
+def resolve_config(cfg: dict | None) -> dict:
+    """`cfg` (parsed YAML or a checkpoint's stored config) checked and completed with the defaults.
+
+    Raises ConfigError naming the dotted key (e.g. `decoder.hidden`) for unknown keys, wrong types
+    and out-of-range values."""
+    return dataclasses.asdict(build(ModelConfig, cfg, KIND))
+
+
+def load_model_config(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read configs/model/NAME.yaml, with `overrides` merged over it section by section, and resolve it."""
+    cfg = merge(ModelConfig, read_yaml(path, KIND), overrides or {})
+    return resolve_config(cfg)

@@ -1,7 +1,7 @@
 """Face data for training and evaluating ARASFSR (paper sec. 4.2): the prepared face set,
 resampling, degradations and the LR-HR pair sampler.
 
-A prepared set (written by `python train.py prepare`) is a folder of aligned faces in the
+A prepared set (written by `python prepare.py`) is a folder of aligned faces in the
 pipeline's canonical framing (pipeline/align.py) at one size S x S (JPEG), plus `manifest.csv`
 (one row per face: file, source, split, sharpness, landmarks, transform, ...). Faces whose photo
 does not cover the whole canonical frame are completed with replicated border pixels, as the
@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
+from common.errors import ConfigError, UserError
+
 from . import camera
 from .arasfsr import make_coord
 
@@ -54,7 +56,7 @@ EVAL_DEGRADATIONS = ("bicubic", "nn-jpeg")
 NN_JPEG_QUALITY = 75  # the JPEG quality of the CelebAHQ-NN-JPEG-style evaluation (paper gives none)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A prepared data folder that is missing or unusable."""
 
 
@@ -122,9 +124,9 @@ def write_prepared(root: str | Path, images: list[np.ndarray], splits: list[str]
 def read_manifest(root: str | Path) -> list[dict]:
     path = Path(root) / MANIFEST
     if not Path(root).is_dir():
-        raise DataError(f"data folder {root} does not exist (prepare it with: python train.py prepare)")
+        raise DataError(f"data folder {root} does not exist (prepare it with: python prepare.py)")
     if not path.is_file():
-        raise DataError(f"{path} not found: {root} is not a prepared face set (run: python train.py prepare)")
+        raise DataError(f"{path} not found: {root} is not a prepared face set (run: python prepare.py)")
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     missing = set(MANIFEST_FIELDS) - set(rows[0] if rows else MANIFEST_FIELDS)
@@ -237,11 +239,10 @@ class Degradation:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.kernels) - set(KERNELS))
         if unknown or not self.kernels or min(self.kernels.values()) < 0 or sum(self.kernels.values()) <= 0:
-            raise ValueError(f"degradation kernels must map {', '.join(KERNELS)} to probabilities, "
-                             f"got {self.kernels!r}")
+            raise ConfigError(f"must map {', '.join(KERNELS)} to probabilities, got {self.kernels!r}", key="kernels")
         for name in ("blur", "noise", "jpeg"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"degradation {name} probability must be in [0, 1], got {getattr(self, name)!r}")
+                raise ConfigError(f"must be a probability in [0, 1], got {getattr(self, name)!r}", key=name)
 
     def __call__(self, gt: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
         img = gt
@@ -294,7 +295,7 @@ class FrameDegradation:
     def __post_init__(self) -> None:
         for name in ("aligned", "clean", "noise", "h264"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                raise ValueError(f"frame degradation {name} probability must be in [0, 1], got {getattr(self, name)!r}")
+                raise ConfigError(f"must be a probability in [0, 1], got {getattr(self, name)!r}", key=name)
 
     def sample(self, gt: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         if rng.random() < self.aligned:
@@ -363,13 +364,16 @@ class PairConfig:
 
     def __post_init__(self) -> None:
         for name in ("lr", "hr"):
-            lo, hi = getattr(self, name)
-            if not 8 <= lo <= hi:
-                raise ValueError(f"data.{name} must be a range [lo, hi] with 8 <= lo <= hi, got {[lo, hi]}")
+            value = list(getattr(self, name))
+            if len(value) != 2 or not 8 <= value[0] <= value[1]:
+                raise ConfigError(f"must be a range [lo, hi] with 8 <= lo <= hi, got {value}", key=name)
         if self.hr[1] < self.lr[0]:
-            raise ValueError(f"data.hr {list(self.hr)} is below data.lr {list(self.lr)}")
-        if self.queries < 1 or self.batch_size < 1:
-            raise ValueError("data.queries and data.batch_size must be >= 1")
+            raise ConfigError(f"{list(self.hr)} is below lr {list(self.lr)}", key="hr")
+        for name in ("queries", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"must be >= 1, got {getattr(self, name)!r}", key=name)
+        if not 0.0 <= self.gray <= 1.0:
+            raise ConfigError(f"must be a probability in [0, 1], got {self.gray!r}", key="gray")
 
 
 def query_pixels(hr: np.ndarray, mask: np.ndarray | None, n: int, rng: np.random.Generator

@@ -1,11 +1,13 @@
 """Pipeline configuration: YAML presets (configs/*.yaml) + `--set section.key=value` overrides.
 
-Every section maps to a stage's settings dataclass, so the valid keys are exactly its fields; an
-unknown section or key is a ConfigError that lists the valid ones. Keys a preset leaves out take
-the dataclass defaults, which configs/default.yaml spells out (a test keeps the two equal).
+Every section maps to a stage's settings dataclass, so the valid keys are exactly its fields and the
+defaults are its defaults (the only ones: configs/default.yaml documents them in comments, and a test
+keeps those comments equal to the code). Loading goes through the project's one strict loader
+(common.config.build): an unknown section or key, a value of the wrong type or out of range is a
+ConfigError naming the dotted key.
 
 Example:
-    >>> cfg = load_config("configs/default.yaml", ["enhance.output_size=160", "detect.every=2"])  # doctest: +SKIP
+    >>> cfg = load_config("configs/cctv.yaml", ["enhance.output_size=160", "detect.every=2"])  # doctest: +SKIP
     >>> cfg.enhance.output_size  # doctest: +SKIP
     160
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from common.config import build, read_yaml, setting
 from pipeline.detect import DetectorConfig
 from pipeline.enhance import EnhancerConfig
 from pipeline.errors import ConfigError
@@ -29,13 +32,8 @@ from trackers import TrackerConfig
 @dataclass
 class DetectSettings(DetectorConfig):
     min_face_size: int = 14  # smaller than MTCNN's stock 20: CCTV faces are small (P-Net's floor is 12)
-    every: int = 1  # run the detector on every k-th frame; the tracker predicts in between
-    batch: int = 4  # frames per detector call (files; live streams take what is queued)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.every < 1 or self.batch < 1:
-            raise ConfigError("detect.every and detect.batch must be >= 1")
+    every: int = setting(1, lo=1)  # run the detector on every k-th frame; the tracker predicts in between
+    batch: int = setting(4, lo=1)  # frames per detector call (files; live streams take what is queued)
 
     def detector(self) -> DetectorConfig:
         names = {f.name for f in dataclasses.fields(DetectorConfig)}
@@ -44,12 +42,8 @@ class DetectSettings(DetectorConfig):
 
 @dataclass
 class AlignSettings:
-    min_size: int = 8
-    max_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.min_size < 8:
-            raise ConfigError("align.min_size must be >= 8 (the SR model's smallest input)")
+    min_size: int = setting(8, lo=8)  # the SR model's smallest input
+    max_size: int | None = setting(None, lo=8)
 
 
 @dataclass
@@ -63,20 +57,20 @@ class OutputSettings:
 @dataclass
 class RecognitionSettings:
     gallery: str | None = None
-    threshold: float = 0.6
-    min_votes: int = 1
+    threshold: float = setting(0.6, lo=0.0)
+    min_votes: int = setting(1, lo=1)
 
 
 @dataclass
 class RuntimeSettings:
     progress: bool = True
     log_every: float = 10.0
-    queue_size: int = 256
-    max_frames: int | None = None
+    queue_size: int = setting(256, lo=1)
+    max_frames: int | None = setting(None, lo=1)
 
     def __post_init__(self) -> None:
-        if self.queue_size < 1 or self.log_every <= 0 or (self.max_frames is not None and self.max_frames < 1):
-            raise ConfigError("runtime.queue_size and runtime.max_frames must be >= 1, runtime.log_every > 0")
+        if self.log_every <= 0:
+            raise ConfigError(f"must be > 0, got {self.log_every!r}", key="log_every")
 
 
 SECTIONS: dict[str, type] = {
@@ -109,6 +103,7 @@ def valid_keys(section: str) -> list[str]:
 
 
 def _check(section: str, key: str | None = None) -> None:
+    """Refuse an unknown section, and the keys derived from others; common.config.build checks the rest."""
     if section not in SECTIONS:
         raise ConfigError(f"unknown config section {section!r}; valid sections: {', '.join(SECTIONS)}")
     if key is not None and key not in valid_keys(section):
@@ -132,33 +127,16 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Read a preset (None: the built-in defaults) and apply `section.key=value` overrides."""
-    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must be a mapping of sections")
-        for section, entries in data.items():
-            _check(section)
-            if not isinstance(entries, dict):
-                raise ConfigError(f"config section {section} in {path} must be a mapping")
-            for key, value in entries.items():
-                _check(section, key)
-                values[section][key] = value
+    values: dict[str, Any] = {}
+    for section, entries in (read_yaml(path, "config file") if path is not None else {}).items():
+        _check(section)
+        for key in entries if isinstance(entries, dict) else ():
+            _check(section, key)
+        values[section] = dict(entries) if isinstance(entries, dict) else entries
     for text in overrides:
         section, key, value = parse_override(text)
-        values[section][key] = value
-    values["track"]["stride"] = values["detect"].get("every", DetectSettings.every)
-    built = {}
-    for section, cls in SECTIONS.items():
-        try:
-            built[section] = cls(**values[section])
-        except TypeError as exc:
-            raise ConfigError(f"config section {section}: {exc}") from None
-    return PipelineConfig(**built)
+        values.setdefault(section, {})[key] = value
+    detect, track = values.get("detect"), values.setdefault("track", {})
+    if isinstance(track, dict):  # else build names the section that is not a mapping
+        track["stride"] = detect.get("every", DetectSettings.every) if isinstance(detect, dict) else DetectSettings.every
+    return build(PipelineConfig, values, "config")

@@ -72,19 +72,19 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if not (isinstance(self.min_face_size, (int, np.integer)) and self.min_face_size >= 1):
-            raise ConfigError(f"detector min_face_size must be an integer >= 1, got {self.min_face_size!r}")
+            raise ConfigError(f"must be an integer >= 1, got {self.min_face_size!r}", key="min_face_size")
         try:
             self.thresholds = tuple(float(t) for t in self.thresholds)
         except (TypeError, ValueError):
-            raise ConfigError(f"detector thresholds must be 3 numbers, got {self.thresholds!r}") from None
+            raise ConfigError(f"must be 3 numbers, got {self.thresholds!r}", key="thresholds") from None
         if len(self.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in self.thresholds):
-            raise ConfigError(f"detector thresholds must be 3 numbers in [0, 1], got {self.thresholds!r}")
+            raise ConfigError(f"must be 3 numbers in [0, 1], got {self.thresholds!r}", key="thresholds")
         if not (isinstance(self.factor, (int, float)) and 0.0 < self.factor < 1.0):
-            raise ConfigError(f"detector factor must be in (0, 1), got {self.factor!r}")
+            raise ConfigError(f"must be in (0, 1), got {self.factor!r}", key="factor")
         if self.max_side is not None and not (isinstance(self.max_side, (int, np.integer)) and self.max_side >= 12):
-            raise ConfigError(f"detector max_side must be an integer >= 12 or None, got {self.max_side!r}")
+            raise ConfigError(f"must be an integer >= 12 or None, got {self.max_side!r}", key="max_side")
         if not isinstance(self.device, str):
-            raise ConfigError(f"detector device must be a string, got {self.device!r}")
+            raise ConfigError(f"must be a string, got {self.device!r}", key="device")
 
 
 # --- the three networks (layer names match the shipped state dicts) --------------------------
@@ -197,7 +197,7 @@ def _resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"detector device must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}") from None
+        raise ConfigError(f"must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}", key="device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"detector device {name!r} requested but CUDA is not available")
     return device

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from common.cli import EXIT_USER_ERROR
 from models.camera import CameraModel, h264, jpeg
 from pipeline.errors import ConfigError
 from pipeline.recognition import DlibEmbedder, dlib_available
@@ -229,7 +230,7 @@ def test_detector_settings() -> None:
     (["--data", "/no/such/folder", "--weights", "bicubic"], "identity data not found"),
 ])
 def test_cli_user_errors(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
-    assert identity.main([*args, "--no-progress"]) == 1
+    assert identity.main([*args, "--no-progress"]) == EXIT_USER_ERROR  # the one exit code for user errors
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 

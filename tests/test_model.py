@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from models import CheckpointError, build_model, charbonnier, load_model, positional_encoding, save_checkpoint
+from common.errors import ConfigError
+from models import (CheckpointError, build_model, charbonnier, load_model, load_model_config, load_optimizer_state,
+                    positional_encoding, save_checkpoint, save_optimizer_state)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"encoder": {"name": "edsr", "n_resblocks": 2, "n_feats": 16}, "decoder": {"hidden": 32, "layers": 4},
@@ -206,5 +208,57 @@ def test_bad_input_raises_helpful_value_error(lr, size, match):
 
 
 def test_unknown_config_key_lists_valid_keys():
-    with pytest.raises(ValueError, match="unknown model config key.*decoder.hiden.*valid: .*decoder.hidden"):
+    with pytest.raises(ConfigError, match="unknown model config key decoder.hiden; valid keys in decoder: hidden, layers"):
         build_model({"decoder": {"hiden": 3}})
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"decoder": {"hidden": "wide"}}, "decoder.hidden must be an integer >= 1, got 'wide'"),
+    ({"decoder": {"layers": 0}}, "decoder.layers must be an integer >= 1, got 0"),
+    ({"local_frequency": {"enabled": "yes"}}, "local_frequency.enabled must be true or false, got 'yes'"),
+    ({"encoder": {"name": "vgg"}}, "encoder.name must be one of edsr, rdn, got 'vgg'"),
+    ({"encoder": {"name": "rdn", "n_resblocks": 4}}, "unknown model config key encoder.n_resblocks"),
+    ({"skip": None}, "skip must be true or false, got None"),
+])
+def test_bad_model_config_names_the_dotted_key(cfg, message):
+    with pytest.raises(ConfigError) as err:
+        build_model(cfg)
+    assert message in str(err.value)
+
+
+def test_model_config_file_with_overrides(tmp_path):
+    cfg = load_model_config(ROOT / "configs/model/arasfsr_edsr_cpu.yaml", {"skip": False, "decoder": {"layers": 3}})
+    assert cfg["skip"] is False and cfg["decoder"] == {"hidden": 128, "layers": 3}  # merged, not replaced
+    assert cfg["encoder"] == {"name": "edsr", "n_resblocks": 8, "n_feats": 32, "res_scale": 1.0}
+    (tmp_path / "bad.yaml").write_text("decoder: [1, 2]")
+    with pytest.raises(ConfigError, match="decoder must be a mapping"):
+        load_model_config(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_model_config(tmp_path / "missing.yaml")
+
+
+def test_optimizer_state_round_trips(tmp_path):
+    model = tiny().train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        opt.zero_grad()
+        charbonnier(model(torch.rand(1, 3, 10, 10), torch.rand(1, 20, 2) * 2 - 1, torch.full((1, 20, 2), 0.5)),
+                    torch.rand(1, 20, 3)).backward()
+        opt.step()
+    torch.manual_seed(7)
+    path = save_optimizer_state(opt, model, tmp_path / "last.optim.safetensors", step=2, best_psnr=None)
+    expected_draw = torch.rand(3)
+    fresh = torch.optim.Adam(model.parameters(), lr=1e-3)
+    assert load_optimizer_state(fresh, model, path) == {"step": 2, "best_psnr": None}
+    assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where it was saved
+    for p in model.parameters():
+        a, b = opt.state[p], fresh.state[p]
+        assert set(a) == set(b) and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+    (tmp_path / "cut.safetensors").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated|not a safetensors"):
+        load_optimizer_state(fresh, model, tmp_path / "cut.safetensors")
+
+
+def test_overriding_the_encoder_kind_replaces_its_section(tmp_path):
+    cfg = load_model_config(ROOT / "configs/model/arasfsr_edsr.yaml", {"encoder": {"name": "rdn", "n_blocks": 2}})
+    assert cfg["encoder"] == {"name": "rdn", "n_blocks": 2, "n_convs": 8, "growth": 64, "g0": 64}

@@ -36,10 +36,34 @@ def face(track_id: int, frame_index: int, side: int = 32, quality: float = 0.5, 
 
 
 # -- config ---------------------------------------------------------------------------------------
-def test_default_yaml_lists_every_key_with_the_code_defaults():
-    data = yaml.safe_load((ROOT / "configs/default.yaml").read_text())
+def test_default_yaml_documents_every_key_with_the_code_defaults(tmp_path):
+    # The file is comments only (the defaults live in the dataclasses); uncommented, it lists every key
+    # with exactly the code's default.
+    text = (ROOT / "configs/default.yaml").read_text()
+    assert yaml.safe_load(text) is None
+    documented = "\n".join(line[2:] for line in text.splitlines() if line.startswith("# "))
+    data = yaml.safe_load(documented)
     assert {s: sorted(v) for s, v in data.items()} == {s: sorted(valid_keys(s)) for s in data}
+    assert sorted(data) == sorted(load_config(None).to_dict())
+    (tmp_path / "documented.yaml").write_text(documented)
+    assert load_config(tmp_path / "documented.yaml").to_dict() == load_config(None).to_dict()
     assert load_config(ROOT / "configs/default.yaml").to_dict() == load_config(None).to_dict()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("enhance: {outputsize: 160}", "unknown config key enhance.outputsize"),
+    ("detect: {every: two}", "detect.every must be an integer >= 1, got 'two'"),
+    ("detect: {every: 0}", "detect.every must be an integer >= 1, got 0"),
+    ("detect: {factor: 1.5}", "detect.factor must be in (0, 1), got 1.5"),
+    ("runtime: {max_frames: 2.5}", "runtime.max_frames must be an integer >= 1 or null, got 2.5"),
+    ("align: {min_size: 4}", "align.min_size must be an integer >= 8, got 4"),
+    ("select: 3", "select must be a mapping of keys, got 3"),
+])
+def test_preset_errors_name_the_dotted_key(tmp_path, text, message):
+    (tmp_path / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "bad.yaml")
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("preset", ["default", "cctv", "cpu-fast", "small-faces"])

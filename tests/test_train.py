@@ -1,4 +1,4 @@
-"""Training data, the training loop (loss falls, resume is exact), CLI errors, and `train.py prepare`."""
+"""Training data, training configs, the training loop (loss falls, resume is exact) and CLI errors."""
 import json
 from pathlib import Path
 
@@ -10,9 +10,11 @@ import yaml
 from skimage.data import astronaut
 
 import train
+from common.errors import ConfigError, UserError
 from models import load_model
 from models.data import (Degradation, FaceSet, FrameDegradation, PairConfig, PairSampler, hr_target, make_lr,
                          photo_mask, resize, split_for, write_prepared)
+from models.train_config import load_train_config, repo_path
 
 TINY_MODEL = {"name": "tiny", "encoder": {"name": "edsr", "n_resblocks": 2, "n_feats": 16},
               "decoder": {"hidden": 32, "layers": 3}, "local_frequency": {"latent": 8, "width": 16}}
@@ -136,8 +138,7 @@ def test_frame_pairs_through_the_sampler_and_config(tmp_path, prepared):
     cfg = yaml.safe_load(write_config(tmp_path, prepared, 2).read_text())
     cfg["data"].update({"gray": 1.0, "frame": {"enabled": True, "aligned": 0.5, "clean": 1.0}})
     (tmp_path / "frame.yaml").write_text(yaml.safe_dump(cfg))
-    loaded = train.load_train_config(tmp_path / "frame.yaml")
-    pairs = train.pair_config(loaded["data"])
+    pairs = load_train_config(tmp_path / "frame.yaml").data.pairs()
     assert isinstance(pairs.degradation, FrameDegradation) and pairs.gray == 1.0
     batch = PairSampler(FaceSet.load(prepared, "train"), pairs, seed=0).batch(0)
     assert batch["lr"].shape[1:] in {torch.Size([3, n, n]) for n in range(12, 17)}
@@ -156,8 +157,8 @@ def test_training_can_start_from_given_weights(tmp_path, prepared):
     assert all(torch.allclose(a.state_dict()[k], v, atol=1e-5) for k, v in b.state_dict().items())
     other = dict(TINY_MODEL, decoder={"hidden": 16, "layers": 3})
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(other))
-    with pytest.raises(train.UserError, match="train.init"):
-        train.train(train.load_train_config(config), tmp_path / "third")
+    with pytest.raises(UserError, match="train.init"):
+        train.train(load_train_config(config), tmp_path / "third")
 
 
 def test_bicubic_resize_is_antialiased_like_pil():
@@ -186,7 +187,7 @@ def test_photo_mask_marks_the_warped_photo():
 
 
 def test_training_reduces_the_loss_and_writes_checkpoints(tmp_path, prepared):
-    cfg = train.load_train_config(write_config(tmp_path, prepared, steps=40))
+    cfg = load_train_config(write_config(tmp_path, prepared, steps=40))
     summary = train.train(cfg, tmp_path / "run")
     loss = losses(tmp_path / "run")
     assert len(loss) == 40 and np.mean(loss[-5:]) < 0.8 * np.mean(loss[:5])
@@ -197,11 +198,11 @@ def test_training_reduces_the_loss_and_writes_checkpoints(tmp_path, prepared):
 
 
 def test_resume_continues_from_the_saved_step_exactly(tmp_path, prepared):
-    cfg = train.load_train_config(write_config(tmp_path, prepared, steps=10))
+    cfg = load_train_config(write_config(tmp_path, prepared, steps=10))
     train.train(cfg, tmp_path / "whole")
-    cfg["train"]["steps"] = 5
+    cfg.train.steps = 5
     train.train(cfg, tmp_path / "split")
-    cfg["train"]["steps"] = 10
+    cfg.train.steps = 10
     summary = train.train(cfg, tmp_path / "split", resume=True)
     assert summary["trained_steps"] == 5
     whole, split = (load_model(tmp_path / f"{r}/last.safetensors", device="cpu") for r in ("whole", "split"))
@@ -211,7 +212,7 @@ def test_resume_continues_from_the_saved_step_exactly(tmp_path, prepared):
 
 
 def test_max_minutes_stops_early_with_a_resumable_checkpoint(tmp_path, prepared):
-    cfg = train.load_train_config(write_config(tmp_path, prepared, steps=50, max_minutes=1e-9))
+    cfg = load_train_config(write_config(tmp_path, prepared, steps=50, max_minutes=1e-9))
     summary = train.train(cfg, tmp_path / "run")
     assert summary["trained_steps"] == 1
     assert load_model(tmp_path / "run/last.safetensors", device="cpu").metadata["step"] == 1
@@ -245,37 +246,62 @@ def test_all_shipped_train_configs_load():
     assert {"paper_x1-2", "cctv", "cctv_cpu", "liif_cpu", "paper_x1-2_no_L", "paper_x1-2_no_G", "paper_x1-2_no_S",
             "paper_x1-2_liif"} <= names
     for path in root.glob("*.yaml"):
-        cfg = train.load_train_config(path)
-        train.pair_config(cfg["data"])
-        assert cfg["name"] == path.stem and train.repo_path(cfg["model"]).is_file()
+        cfg = load_train_config(path)
+        cfg.data.pairs()
+        cfg.model_config()
+        assert cfg.name == path.stem and repo_path(cfg.model).is_file()
     # baselines and ablations are trained identically to the model they are compared with
     for variant, full in (("liif_cpu", "cctv_cpu"), ("paper_cpu_liif", "paper_cpu"), ("paper_cpu_no_L", "paper_cpu")):
-        a, b = (train.load_train_config(root / f"{n}.yaml") for n in (variant, full))
-        assert a["data"] == b["data"] and a["train"] == b["train"] and a["val"] == b["val"], variant
-        assert train.model_config(a) != train.model_config(b), variant
-        assert train.model_config(a)["encoder"] == train.model_config(b)["encoder"], variant
-    assert not train.model_config(train.load_train_config(root / "paper_cpu_liif.yaml"))["skip"]
+        a, b = (load_train_config(root / f"{n}.yaml") for n in (variant, full))
+        assert a.data == b.data and a.train == b.train and a.val == b.val, variant
+        assert a.model_config() != b.model_config(), variant
+        assert a.model_config()["encoder"] == b.model_config()["encoder"], variant
+    assert not load_train_config(root / "paper_cpu_liif.yaml").model_config()["skip"]
 
 
-# --- prepare ---------------------------------------------------------------------------------
+def test_base_configs_merge_sections_and_replace_values():
+    root = Path(train.__file__).parent / "configs/train"
+    cpu, full = load_train_config(root / "cctv_cpu.yaml"), load_train_config(root / "cctv.yaml")
+    assert cpu.data.hr == (112, 128) and cpu.data.lr == full.data.lr == (12, 64)  # data merged key by key
+    assert cpu.data.degradation == full.data.degradation and cpu.data.degradation.kernels["nearest"] == 0.3
+    assert cpu.val.degrade == "nn-jpeg" and cpu.val.images == 48 and cpu.base == "cctv.yaml"
+    frame = load_train_config(root / "cctv_frame_cpu.yaml")
+    assert isinstance(frame.data.pairs().degradation, FrameDegradation) and frame.data.frame.aligned == 0.25
 
 
-def test_prepare_skips_a_photo_without_a_face(tmp_path, capsys):
-    from pipeline.detect import weights_dir
-    from pipeline.errors import PipelineError
+@pytest.mark.parametrize("text,message", [
+    ("data: {hrr: [1, 2]}", "unknown train config key data.hrr; valid keys in data: "),
+    ("train: {steps: many}", "train.steps must be an integer >= 1, got 'many'"),
+    ("train: {steps: 0}", "train.steps must be an integer >= 1, got 0"),
+    ("val: {degrade: lanczos}", "val.degrade must be one of bicubic, nn-jpeg, got 'lanczos'"),
+    ("data: {lr: [4, 64]}", "data.lr must be a range [lo, hi] with 8 <= lo <= hi, got [4, 64]"),
+    ("data: {degradation: {blur: 2.0}}", "data.degradation.blur must be a probability in [0, 1], got 2.0"),
+    ("data: {frame: {roll: fast}}", "data.frame.roll must be a number, got 'fast'"),
+    ("model_overrides: {decoder: {hidden: 0}}", "decoder.hidden must be an integer >= 1, got 0"),
+])
+def test_bad_train_config_names_the_dotted_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"model: {Path(train.__file__).parent / 'configs/model/arasfsr_edsr_cpu.yaml'}\n{text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_train_config(path).model_config()
+    assert message in str(err.value) and str(err.value).count("\n") == 0
 
-    try:
-        weights_dir()
-    except PipelineError as exc:  # pragma: no cover - MTCNN weights (facenet-pytorch wheel) not installed
-        pytest.skip(str(exc))
-    src = tmp_path / "photos"
-    src.mkdir()
-    cv2.imwrite(str(src / "blank.png"), np.full((200, 200, 3), 180, np.uint8))
-    face = cv2.cvtColor(cv2.resize(astronaut(), (256, 256), interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2BGR)
-    cv2.imwrite(str(src / "astro naut.jpg"), face)  # a name with a space
-    code = train.main(["prepare", "--src", str(src), "--out", str(tmp_path / "out"), "--size", "64"])
-    out = capsys.readouterr().out
-    assert code == 0 and "2 photos -> 1 faces" in out and "1 no face" in out
-    faces = FaceSet.load(tmp_path / "out", split=None)
-    assert faces.images.shape == (1, 64, 64, 3) and faces.masks.any()
-    assert json.loads((tmp_path / "out/prepare.json").read_text())["counts"]["no_face"] == 1
+
+def test_validation_scores_like_evaluate_py(tmp_path, prepared):
+    # Training's validation and evaluate.py share one protocol: on the same weights and faces they
+    # must report the same PSNR / SSIM.
+    import evaluate
+
+    cfg = load_train_config(write_config(tmp_path, prepared, steps=3))
+    cfg.val.every, cfg.val.degrade = 3, "nn-jpeg"
+    train.train(cfg, tmp_path / "run")
+    best = load_model(tmp_path / "run/best.safetensors", device="cpu")
+    val = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines() if "val_psnr" in line]
+    assert best.metadata["step"] == 3 and len(val) == 1
+    assert evaluate.main(["--weights", f"run={tmp_path / 'run/best.safetensors'}", "--data", str(prepared),
+                          "--split", "val", "--limit", "2", "--lr", "12", "--hr", "32", "--degrade", "nn-jpeg",
+                          "--json", str(tmp_path / "eval.json")]) == 0
+    cell = json.loads((tmp_path / "eval.json").read_text())["rows"][0]["results"]["x2.67 12-32"]
+    assert cell["n"] == 2
+    assert cell["psnr"] == pytest.approx(best.metadata["val_psnr"], abs=1e-9)
+    assert cell["ssim"] == pytest.approx(val[0]["val_ssim"], abs=1e-4)

@@ -1,0 +1,205 @@
+"""The one config loader: YAML -> typed dataclasses, strictly.
+
+Each config kind (pipeline presets, model configs, training configs) is a tree of dataclasses whose
+fields are its keys and whose defaults are the only defaults. `build(cls, mapping)` refuses what the
+dataclasses do not allow, naming the key as the user writes it (dotted: `data.lr`, `enhance.method`):
+
+  * a key that is not a field (listing the valid ones);
+  * a value not of the field's type (int, float, bool, str, tuple, dict, `X | None`, nested
+    dataclass; an int is accepted for a float, a list for a tuple);
+  * a value outside the range its field declares with `setting(lo=, hi=, choices=)`;
+  * whatever the dataclass's own `__post_init__` refuses (a ConfigError with `key=`).
+
+A union of dataclasses (e.g. the encoder: EDSR or RDN) is chosen by its `name` key.
+
+Example (a section of a bigger config, so its keys are named as `decoder.<key>`):
+    >>> @dataclasses.dataclass
+    ... class Decoder:
+    ...     hidden: int = setting(256, lo=1)
+    >>> build(Decoder, {"hidden": 64}, where="decoder").hidden
+    64
+    >>> build(Decoder, {"hidden": 0}, where="decoder")
+    Traceback (most recent call last):
+    common.errors.ConfigError: decoder.hidden must be an integer >= 1, got 0
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.errors import ConfigError
+
+_NONE = type(None)
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, lo: float | None = None,
+            hi: float | None = None, choices: tuple | None = None) -> Any:
+    """A dataclass field with its valid values: lo <= value <= hi (each element of a tuple), or one of `choices`."""
+    meta = {k: v for k, v in (("lo", lo), ("hi", hi), ("choices", choices)) if v is not None}
+    return dataclasses.field(default=default, default_factory=factory, metadata=meta)
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    """The mapping in a YAML file (an empty file is an empty mapping); problems are ConfigErrors naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def build(cls: type, data: Any, kind: str = "config", where: str = "") -> Any:
+    """An instance of dataclass `cls` from `data` (a mapping; missing keys take the defaults).
+
+    `kind` names the config in messages ("model config"); `where` is the dotted path of `data`."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"must be a mapping of keys, got {_shown(data)}", where) if where else \
+            ConfigError(f"a {kind} must be a mapping of keys, got {_shown(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [str(k) for k in data if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown {kind} key {_join(where, unknown[0])}; valid keys in {where or 'the top level'}: "
+                          f"{', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _convert(value, hints[name], fields[name], kind, _join(where, name)) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise exc.within(where) from None
+
+
+def merge(cls: type, base: dict, top: dict) -> dict:
+    """`top` over `base`, both raw mappings for `cls`: sections (dataclass fields) merge key by key, any
+    other value (numbers, lists, free-form dicts such as degradation kernels) is replaced whole."""
+    hints = typing.get_type_hints(cls)
+    out = dict(base)
+    for key, value in top.items():
+        section = _section_types(hints.get(key))
+        if section and isinstance(value, dict) and isinstance(out.get(key), dict):
+            chosen = _chosen(section, {**out[key], **value})
+            # another member of a union (e.g. encoder rdn over edsr) replaces the section: its keys differ
+            out[key] = merge(chosen, out[key], value) if _chosen(section, out[key]) is chosen else value
+        else:
+            out[key] = value
+    return out
+
+
+def plain(obj: Any) -> Any:
+    """A dataclass tree as YAML/JSON-ready builtins (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r}" if isinstance(value, (int, float, str, bool, _NONE)) else type(value).__name__
+
+
+def _section_types(hint: Any) -> list[type]:
+    """The dataclass(es) a field holds, or [] when it is not a section."""
+    options = [a for a in typing.get_args(hint) if a is not _NONE] if _is_union(hint) else [hint]
+    return options if options and all(dataclasses.is_dataclass(a) for a in options) else []
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def _chosen(options: list[type], data: dict) -> type:
+    """The member of a union of dataclasses named by data["name"] (default: the first's name)."""
+    if len(options) == 1:
+        return options[0]
+    names = {o.__dataclass_fields__["name"].default: o for o in options}
+    name = data.get("name", next(iter(names)))
+    if name not in names:
+        raise ConfigError(f"must be one of {', '.join(map(str, names))}, got {name!r}", "name")
+    return names[name]
+
+
+def _describe(hint: Any, meta: dict) -> str:
+    if "choices" in meta:
+        text = f"one of {', '.join(map(str, meta['choices']))}"
+    else:
+        text = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a list",
+                dict: "a mapping"}.get(typing.get_origin(hint) or hint, str(hint))
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if hint is tuple and (lo is not None or hi is not None):
+            text += " of numbers"
+        text += f" in [{lo}, {hi}]" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else \
+            f" <= {hi}" if hi is not None else ""
+    return text
+
+
+def _convert(value: Any, hint: Any, field: dataclasses.Field, kind: str, key: str) -> Any:
+    meta, nullable = dict(field.metadata), False
+    if _is_union(hint):
+        nullable = _NONE in typing.get_args(hint)
+        if value is None and nullable:
+            return None
+        sections = _section_types(hint)
+        if sections:
+            try:
+                chosen = _chosen(sections, value if isinstance(value, dict) else {})
+            except ConfigError as exc:
+                raise exc.within(key) from None
+            return build(chosen, value, kind, key)
+        options = [a for a in typing.get_args(hint) if a is not _NONE]
+        hint = options[0] if len(options) == 1 else Any
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, kind, key)
+    origin = typing.get_origin(hint) or hint
+    if not _CHECKS.get(origin, lambda v: True)(value) or not _in_range(value, meta):
+        raise ConfigError(f"must be {_describe(origin, meta)}{' or null' if nullable else ''}, got {_shown(value)}", key)
+    if origin is float:
+        return float(value)
+    if origin is tuple:
+        return tuple(value)
+    return value
+
+
+_CHECKS = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+           str: lambda v: isinstance(v, str), tuple: lambda v: isinstance(v, (list, tuple)),
+           list: lambda v: isinstance(v, (list, tuple)), dict: lambda v: isinstance(v, dict)}
+
+
+def _in_range(value: Any, meta: dict) -> bool:
+    if "choices" in meta:
+        return value in meta["choices"]
+    if "lo" not in meta and "hi" not in meta:
+        return True
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return False
+        if ("lo" in meta and v < meta["lo"]) or ("hi" in meta and v > meta["hi"]):
+            return False
+    return True

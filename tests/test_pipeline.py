@@ -58,6 +58,9 @@ def test_default_yaml_documents_every_key_with_the_code_defaults(tmp_path):
     ("runtime: {max_frames: 2.5}", "runtime.max_frames must be an integer >= 1 or null, got 2.5"),
     ("align: {min_size: 4}", "align.min_size must be an integer >= 8, got 4"),
     ("select: 3", "select must be a mapping of keys, got 3"),
+    ("track: {max_age: 0}", "track.max_age must be an integer >= 1, got 0"),
+    ("track: {low_thresh: 0.99}", "track.low_thresh must be in [0, high_thresh=0.95], got 0.99"),
+    ("track: {iou_threshold: 0}", "track.iou_threshold must be in (0, 1], got 0"),
 ])
 def test_preset_errors_name_the_dotted_key(tmp_path, text, message):
     (tmp_path / "bad.yaml").write_text(text)

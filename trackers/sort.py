@@ -96,14 +96,18 @@ class TrackerConfig:
     stride: int = 1
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.iou_threshold <= 1.0 or not 0.0 < self.low_iou_threshold <= 1.0:
-            raise ConfigError("tracker: iou thresholds must be in (0, 1]")
-        if not 0.0 <= self.low_thresh <= self.high_thresh <= 1.0:
-            raise ConfigError("tracker: need 0 <= low_thresh <= high_thresh <= 1")
+        for key in ("iou_threshold", "low_iou_threshold"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise ConfigError(f"must be in (0, 1], got {getattr(self, key)!r}", key)
+        if not 0.0 <= self.high_thresh <= 1.0:
+            raise ConfigError(f"must be in [0, 1], got {self.high_thresh!r}", "high_thresh")
+        if not 0.0 <= self.low_thresh <= self.high_thresh:
+            raise ConfigError(f"must be in [0, high_thresh={self.high_thresh!r}], got {self.low_thresh!r}", "low_thresh")
         if self.buffer < 0:
-            raise ConfigError("tracker: buffer must be >= 0")
-        if self.min_hits < 1 or self.max_age < 1 or self.stride < 1:
-            raise ConfigError("tracker: min_hits, max_age and stride must be >= 1")
+            raise ConfigError(f"must be >= 0, got {self.buffer!r}", "buffer")
+        for key in ("min_hits", "max_age", "stride"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"must be an integer >= 1, got {getattr(self, key)!r}", key)
 
     @property
     def max_age_frames(self) -> int:

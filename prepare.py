@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from common import cli
 from common.errors import UserError
-from models.data import laplacian_sharpness, split_for, write_manifest
+from models.data import split_for, write_manifest
+from pipeline.align import laplacian_variance
+from pipeline.files import IMAGE_SUFFIXES, is_image_file
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def read_sharpness_csv(path: Path) -> dict[str, float]:
@@ -58,7 +59,7 @@ def _choose_face(detections: list, ambiguity: float) -> tuple[object | None, str
 
 def _safe_name(source: str, taken: set[str]) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", source.removesuffix(".chip.jpg")).strip("._") or "face"
-    stem, k = re.sub(r"\.(jpe?g|png|bmp|webp)$", "", stem, flags=re.I), 1
+    stem, k = (Path(stem).stem if is_image_file(Path(stem)) else stem), 1
     name = f"{stem}.jpg"
     while name in taken:
         k += 1
@@ -84,9 +85,9 @@ def prepare(src: Path, out: Path, size: int = 128, sharpness_csv: Path | None = 
 
     if not src.is_dir():
         raise UserError(f"source folder {src} does not exist")
-    photos = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    photos = sorted(p for p in src.iterdir() if is_image_file(p) and p.is_file())
     if not photos:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {src}")
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {src}")
     known = read_sharpness_csv(sharpness_csv) if sharpness_csv else {}
     detector = detector or MTCNNDetector(device="cpu", min_face_size=min_face)
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,8 @@ def prepare(src: Path, out: Path, size: int = 128, sharpness_csv: Path | None = 
             if image is None:
                 counts["unreadable"] += 1
                 continue
-            sharp = known[path.name] if path.name in known else laplacian_sharpness(image)
+            # the central 128 px: the window utkface_sharpness.csv was computed on
+            sharp = known[path.name] if path.name in known else laplacian_variance(image, 128)
             if sharp < min_sharpness:
                 counts["too_blurry"] += 1
                 continue

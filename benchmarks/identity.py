@@ -66,12 +66,12 @@ from common import cli  # noqa: E402
 from models.camera import CameraModel  # noqa: E402
 from models.data import resize  # noqa: E402
 from pipeline.errors import ConfigError, PipelineError, SinkError, SourceError  # noqa: E402
+from pipeline.files import is_image_file  # noqa: E402
 
 log = logging.getLogger("benchmarks.identity")
 
 DATA = ROOT.parent / "shared/data/identity/lfw_dev"
 WEIGHTS_DIR = ROOT / "models/weights"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 FULL_CELLS = ("clean@12", "clean@16", "clean@24", "jpeg30@16", "jpeg50@16", "jpeg70@16",
               "noise8+jpeg50@16", "noise8+jpeg50@24", "h264crf30@16", "h264crf30@24",
               "h264crf36@16", "h264crf36@24")
@@ -115,7 +115,7 @@ def list_people(root: Path | str) -> dict[str, list[str]]:
     people = {}
     for person in sorted(p for p in root.iterdir() if p.is_dir()):
         photos = sorted(f"{person.name}/{f.name}" for f in person.iterdir()
-                        if f.suffix.lower() in IMAGE_SUFFIXES)
+                        if is_image_file(f))
         if photos:
             people[person.name] = photos
     if not people:

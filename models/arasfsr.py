@@ -6,6 +6,16 @@ Representation Networks" (arXiv 2511.16341), sec. 3. Equation numbers refer to t
 Coordinates are (y, x) in [-1, 1] with pixel centres at -1 + (2i + 1) / n, as in LIIF.
 The LIIF baseline and the ablations (-L, -G, -S) are this same class with modules switched off.
 
+Where the paper's parts are:
+- eq. 1, 3, 4 (nearest code, scale ratio r, local ensemble): `ARASFSR.query_rgb`.
+- eq. 2 (3x3 feature unfolding) is folded into `ImplicitDecoder.code_proj`: W_0 of eq. 7 on the unfolded code
+  is a 3x3 convolution of the code grid, run once per LR position instead of per query.
+- eq. 5 (p = [t, c]): `ARASFSR.encode`; sec. 3.3: `LocalFrequencyEstimator` (its layers are ours, see there).
+- eq. 6, 8, 11: `positional_encoding`, `GlobalCoordinateModulation`; eq. 7, 9, 10, 12: `ImplicitDecoder`.
+- sec. 3.5 (long skip): the paper gives no form; this is LTE's (Lee & Jin, CVPR 2022, the paper's [21]):
+  the LR image bilinearly up-sampled (border padding) and added to the decoded value.
+- eq. 13: `models.losses.charbonnier`.
+
 Example:
     >>> import torch
     >>> from models import build_model
@@ -20,6 +30,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,7 +58,19 @@ def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
 class LocalFrequencyEstimator(nn.Module):
     """Sec. 3.3: an encoder predicts P(z | I_LR) as a Gaussian per LR position, a decoder turns z into
     a frequency token t. Training samples z (reparameterisation); inference uses z = mean, so it is
-    deterministic."""
+    deterministic.
+
+    The paper names only "an encoder-decoder": the layers (three 3x3 convs, two 1x1 convs) are ours.
+    The loss is Charbonnier alone (eq. 13, no KL term), so nothing holds the variance to a prior and it
+    is free to collapse: on the shipped weights the median sigma is 0.10 / 0.14 against a median |mu| of
+    0.38 / 0.41, and sampling at inference moves PSNR by at most 0.001 dB (models/weights/README.md,
+    benchmarks/frequency_sampling.py); hence z = mean at inference.
+
+    Args:
+        latent: channels of z (the Gaussian has `latent` means and `latent` log-variances).
+        token: channels of the frequency token t concatenated to the encoder's codes (eq. 5).
+        width: channels of the hidden layers.
+    """
 
     def __init__(self, latent: int = 64, token: int = 8, width: int = 64):
         super().__init__()
@@ -69,7 +92,13 @@ class LocalFrequencyEstimator(nn.Module):
 
 class GlobalCoordinateModulation(nn.Module):
     """Sec. 3.4: the global coordinate x_s, positionally encoded, gives one periodic modulation per
-    hidden layer: g_i = sin(W'_i g_s + b'_i)  # eq. 8, 11"""
+    hidden layer: g_i = sin(W'_i g_s + b'_i)  # eq. 8, 11
+
+    Args:
+        hidden: width of the decoder's hidden layers (the size of each g_i).
+        n_layers: number of modulations, one per modulated hidden layer.
+        n_freqs: N of eq. 6 (10 in the paper, giving 2 + 4N = 42 input features).
+    """
 
     def __init__(self, hidden: int, n_layers: int, n_freqs: int = 10):
         super().__init__()
@@ -87,11 +116,19 @@ class ImplicitDecoder(nn.Module):
 
     W_0 of eq. 7 acts on [p_hat, x_s - x_c, r]. Its part on the 3x3-unfolded code p_hat (eq. 2) is
     exactly a 3x3 convolution of the code grid, so it is computed once per LR position (`project`)
-    instead of once per query and ensemble member; the rest acts on the query."""
+    instead of once per query and ensemble member; the rest acts on the query.
+
+    Args:
+        code_dim: channels of the code grid p = [t, c] before unfolding.
+        hidden: width of every hidden layer.
+        n_layers: hidden layers (s_0 .. s_{n_layers - 1}); the output layer comes on top.
+        modulated: fuse the global coordinate modulation as [m_i, s_i] (eq. 9-12); False is LIIF's MLP.
+        scale_conditioning: feed the scale ratio r to the first layer (eq. 3).
+    """
 
     def __init__(self, code_dim: int, hidden: int, n_layers: int, modulated: bool, scale_conditioning: bool):
         super().__init__()
-        self.code_proj = nn.Conv2d(code_dim, hidden, 3, padding=1, bias=False)
+        self.code_proj = nn.Conv2d(code_dim, hidden, 3, padding=1, bias=False)  # eq. 2's unfolding lives here
         self.query_proj = nn.Linear(4 if scale_conditioning else 2, hidden)  # [x_s - x_c, r] and b_0
         width = 2 * hidden if modulated else hidden
         self.hidden = nn.ModuleList([nn.Linear(width, hidden) for _ in range(n_layers - 1)])
@@ -118,7 +155,13 @@ class LatentGrid:
 
 
 class ARASFSR(nn.Module):
-    """Implicit face SR (eq. 1-13). Build with `models.build_model(cfg)`; see configs/model/*.yaml."""
+    """Implicit face SR (eq. 1-13). Build with `models.build_model(cfg)`; see configs/model/*.yaml.
+
+    Args:
+        config: the resolved model config (`models.config.resolve_config`): "encoder" (name and its
+            arguments), "local_frequency" (enabled, latent, token, width), "global_coordinate" (enabled,
+            n_freqs), "decoder" (hidden, layers), "scale_conditioning" and "skip" (bools).
+    """
 
     def __init__(self, config: dict):
         super().__init__()
@@ -175,7 +218,7 @@ class ARASFSR(nn.Module):
         area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
         weights = area.flip(1) / area.sum(dim=1, keepdim=True)
         pred = (weights[..., None] * preds).sum(dim=1)
-        if self.skip:  # sec. 3.5: long skip, bilinear up-sampling of the LR input with border padding
+        if self.skip:  # sec. 3.5: long skip in LTE's form, bilinear up-sampling of the LR input, border padding
             up = F.grid_sample(grid.lr, coord.flip(-1)[:, None], mode="bilinear", padding_mode="border",
                                align_corners=False)
             pred = pred + up[:, :, 0].transpose(1, 2)
@@ -229,6 +272,13 @@ class ARASFSR(nn.Module):
             self.train(was_training)
         # clone() outside inference mode: callers get an ordinary tensor they may modify in place
         return rgb.transpose(1, 2).reshape(b, 3, height, width).to(out_device).clone()
+
+    def upscale_uint8(self, images: np.ndarray, size: tuple[int, int], amp: str | None = None) -> np.ndarray:
+        """`upscale` for 8-bit images: N x h x w x 3 uint8 (RGB, the order the model was trained on)
+        -> N x H x W x 3 uint8 on the CPU, rounded to the nearest level."""
+        lr = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+        sr = self.upscale(lr.to(self.device), size, amp=amp)
+        return sr.mul_(255).round_().byte().permute(0, 2, 3, 1).cpu().numpy()
 
     def _autocast(self, amp: str | None):
         if amp is None or self.device.type != "cuda":

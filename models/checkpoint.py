@@ -3,16 +3,15 @@ state written beside them for resuming a training run. Nothing is unpickled."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from common.errors import ConfigError, UserError
+from pipeline.files import atomic_write_bytes
 
 from .arasfsr import ARASFSR
 from .config import resolve_config
@@ -44,17 +43,10 @@ def save_checkpoint(model: ARASFSR, path: str | Path, **metadata) -> Path:
 
 
 def _write(tensors: dict[str, torch.Tensor], path: str | Path, header: dict[str, str]) -> Path:
-    """Write a safetensors file under a temporary name and rename it: never a half-written file."""
+    """Write a safetensors file atomically (pipeline.files): never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(tensors, metadata=header))
     return path
 
 
@@ -94,10 +86,25 @@ def read_metadata(path: str | Path) -> dict:
     return {"config": json.loads(meta["config"]), "metadata": json.loads(meta.get("metadata", "{}"))}
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: str | torch.device = "auto", key: str = "device") -> torch.device:
+    """The torch device for a config value: "auto" is CUDA when available, else the CPU.
+
+    A name torch does not know, or CUDA asked for where there is none, is a user mistake: a
+    ConfigError naming `key`. The one resolver of the detector, the enhancer and training.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}", key=key) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{str(device)!r} requested but CUDA is not available", key=key)
+    return resolved
 
 
 def load_model(path: str | Path, device: str | torch.device = "auto") -> ARASFSR:

@@ -63,14 +63,6 @@ class DataError(UserError, ValueError):
 # --- preparation helpers --------------------------------------------------------------------
 
 
-def laplacian_sharpness(bgr: np.ndarray, crop: int = 128) -> float:
-    """Variance of the Laplacian of the central crop x crop (grayscale), as in utkface_sharpness.csv."""
-    gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
-    h, w = gray.shape
-    y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    return float(cv2.Laplacian(gray[y0:y0 + crop, x0:x0 + crop], cv2.CV_64F).var())
-
-
 def split_for(name: str, val_fraction: float = 0.05) -> str:
     """Deterministic train/val split from a hash of the file name.
 

@@ -14,6 +14,13 @@ def conv3x3(cin: int, cout: int) -> nn.Conv2d:
 
 
 class ResBlock(nn.Module):
+    """conv-ReLU-conv with a residual connection (EDSR's block, no batch norm).
+
+    Args:
+        n_feats: channels in and out.
+        res_scale: factor on the residual branch before the addition.
+    """
+
     def __init__(self, n_feats: int, res_scale: float = 1.0):
         super().__init__()
         self.body = nn.Sequential(conv3x3(n_feats, n_feats), nn.ReLU(inplace=True), conv3x3(n_feats, n_feats))
@@ -24,7 +31,13 @@ class ResBlock(nn.Module):
 
 
 class EDSR(nn.Module):
-    """EDSR-baseline without up-sampler: head conv, `n_resblocks` residual blocks, body conv, global skip."""
+    """EDSR-baseline without up-sampler: head conv, `n_resblocks` residual blocks, body conv, global skip.
+
+    Args:
+        n_resblocks: number of residual blocks.
+        n_feats: channels of every layer, and of the output codes (`out_dim`).
+        res_scale: residual scaling inside each block.
+    """
 
     def __init__(self, n_resblocks: int = 16, n_feats: int = 64, res_scale: float = 1.0):
         super().__init__()
@@ -38,6 +51,13 @@ class EDSR(nn.Module):
 
 
 class DenseLayer(nn.Module):
+    """3x3 conv + ReLU whose output is concatenated to its input (RDN's dense connection).
+
+    Args:
+        cin: input channels.
+        growth: channels added.
+    """
+
     def __init__(self, cin: int, growth: int):
         super().__init__()
         self.conv = conv3x3(cin, growth)
@@ -47,7 +67,13 @@ class DenseLayer(nn.Module):
 
 
 class RDB(nn.Module):
-    """Residual dense block: `n_convs` densely connected convs, 1x1 local fusion, local residual."""
+    """Residual dense block: `n_convs` densely connected convs, 1x1 local fusion, local residual.
+
+    Args:
+        g0: channels in and out.
+        growth: channels each dense layer adds.
+        n_convs: dense layers in the block.
+    """
 
     def __init__(self, g0: int, growth: int, n_convs: int):
         super().__init__()
@@ -59,7 +85,14 @@ class RDB(nn.Module):
 
 
 class RDN(nn.Module):
-    """RDN without up-sampler: shallow features, `n_blocks` RDBs, global feature fusion, global residual."""
+    """RDN without up-sampler: shallow features, `n_blocks` RDBs, global feature fusion, global residual.
+
+    Args:
+        n_blocks: residual dense blocks.
+        n_convs: dense layers per block.
+        growth: channels each dense layer adds.
+        g0: channels between blocks, and of the output codes (`out_dim`).
+    """
 
     def __init__(self, n_blocks: int = 16, n_convs: int = 8, growth: int = 64, g0: int = 64):
         super().__init__()

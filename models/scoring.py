@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from pipeline.enhance import bicubic
 
 from .data import NN_JPEG_QUALITY, FaceSet, make_lr, resize, resize_mask
 from .metrics import y_metrics
@@ -47,15 +48,12 @@ class EvalPairs:
 
 def model_upscaler(model) -> Upscaler:
     """`model.upscale` on uint8 images, rounded back to uint8 (what a user of the SR image gets)."""
-    def upscale(lr: np.ndarray, hr: int) -> np.ndarray:
-        x = torch.from_numpy(lr).permute(0, 3, 1, 2).float().div(255.0)
-        sr = model.upscale(x.to(model.device), (hr, hr))
-        return (sr * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return upscale
+    return lambda lr, hr: model.upscale_uint8(lr, (hr, hr))
 
 
 def bicubic_upscaler(lr: np.ndarray, hr: int) -> np.ndarray:
-    return np.stack([resize(img, hr, "bicubic") for img in lr])
+    """The Bicubic row: the product's own bicubic (pipeline.enhance), not a second one."""
+    return np.stack([bicubic(img, hr) for img in lr])
 
 
 def score(upscale: Upscaler, pairs: EvalPairs, batch: int = 16,

@@ -243,17 +243,24 @@ SHARPNESS_REF = 50.0  # Laplacian variance giving sharpness 0.5 (~the "sharp" cu
 SIZE_REF = 64  # crop side (px) at which size stops limiting quality (~16 px between the eyes)
 
 
+def laplacian_variance(image: np.ndarray, window: int) -> float:
+    """The project's one sharpness measure: variance of the Laplacian of the grayscale image's
+    central window x window pixels (all of a side shorter than `window`). BGR or gray, uint8."""
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    h, w = gray.shape
+    y0, x0 = max(0, (h - window) // 2), max(0, (w - window) // 2)
+    return float(cv2.Laplacian(gray[y0:y0 + window, x0:x0 + window], cv2.CV_64F).var())
+
+
 def sharpness(crop: np.ndarray) -> float:
-    """Variance of the Laplacian on the central 0.8 (the ArcFace window, i.e. the face rather
-    than replicated border), mapped to [0, 1) by v / (v + SHARPNESS_REF). Noise also counts as
+    """laplacian_variance on the central 0.8 (the ArcFace window, i.e. the face rather than
+    replicated border), mapped to [0, 1) by v / (v + SHARPNESS_REF). Noise also counts as
     sharpness: compare faces from one camera (one track), not across cameras."""
     if crop.size == 0:
         return 0.0
-    gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
-    n = gray.shape[0]
+    n = crop.shape[0]
     k = int(round(n * ARCFACE_MARGIN / CANONICAL_SIDE))
-    core = gray[k:n - k, k:gray.shape[1] - k] if n - 2 * k >= 3 else gray
-    v = float(cv2.Laplacian(core, cv2.CV_64F).var())
+    v = laplacian_variance(crop, n - 2 * k if n - 2 * k >= 3 else n)
     return v / (v + SHARPNESS_REF)
 
 

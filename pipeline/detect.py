@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.checkpoint import resolve_device
+
 from .errors import ConfigError, PipelineError
 from .records import Detection
 
@@ -189,18 +191,6 @@ def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
     except Exception as exc:  # a corrupt or foreign file: tell the user how to repair it
         raise PipelineError(f"cannot load MTCNN weights {path}: {exc}; reinstall with: {INSTALL_HINT}") from exc
     return net.to(device).eval()
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"must be 'auto', 'cpu' or 'cuda[:N]', got {name!r}", key="device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"detector device {name!r} requested but CUDA is not available")
-    return device
 
 
 # --- cascade building blocks ----------------------------------------------------------------
@@ -468,7 +458,7 @@ class MTCNNDetector:
         if unknown:
             raise ConfigError(f"unknown detector setting(s): {', '.join(unknown)}")
         self.config = dataclasses.replace(config, **overrides) if overrides else config
-        self.device = _resolve_device(self.config.device)
+        self.device = resolve_device(self.config.device, "detect.device")
         folder = weights_dir()
         self.pnet = _load(PNet(), folder / "pnet.pt", self.device)
         self.rnet = _load(RNet(), folder / "rnet.pt", self.device)

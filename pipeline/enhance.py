@@ -1,8 +1,8 @@
 """Enhance stage: aligned LR crops of any size -> one fixed output size (ARASFSR or bicubic).
 
 Crops of equal size are batched together through the model (the implicit function handles any
-input size, but a batch needs one). Crops at least as large as the output are area-down-sampled:
-there is nothing to super-resolve.
+input size, but a batch needs one). Crops at least as large as the output are shrunk by `bicubic`
+(antialiased): there is nothing to super-resolve.
 
 Example:
     >>> enh = Enhancer(EnhancerConfig(method="bicubic", output_size=112))
@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
-import torch
 
+from models.data import resize
 from pipeline.errors import ConfigError
 from pipeline.records import AlignedFace, EnhancedFace
 
@@ -52,9 +51,9 @@ class EnhancerConfig:
 
 
 def bicubic(crop: np.ndarray, size: int) -> np.ndarray:
-    """The bicubic baseline (area resampling when shrinking), uint8 in and out."""
-    interp = cv2.INTER_AREA if min(crop.shape[:2]) >= size else cv2.INTER_CUBIC
-    return cv2.resize(crop, (size, size), interpolation=interp)
+    """The project's one bicubic baseline, uint8 in and out: the evaluation protocol's antialiased
+    bicubic (`models.data.resize`), so the product, the report and evaluate.py's Bicubic row agree."""
+    return resize(crop, size, "bicubic")
 
 
 class Enhancer:
@@ -64,13 +63,13 @@ class Enhancer:
         self.config = config or EnhancerConfig()
         self.model = None
         if self.config.method == "arasfsr":
-            from models import CheckpointError, load_model
+            from models import CheckpointError, load_model, resolve_device
 
             path = Path(self.config.weights)
             if not path.is_absolute() and not path.exists():
                 path = ROOT / path  # relative to the project, so the CLI works from any directory
             try:
-                self.model = load_model(path, device=self.config.device)
+                self.model = load_model(path, device=resolve_device(self.config.device, "enhance.device"))
             except CheckpointError as exc:
                 raise ConfigError(f"enhance.weights: {exc}") from None
             except (RuntimeError, AssertionError) as exc:  # e.g. device "cuda" on a machine without one
@@ -102,9 +101,6 @@ class Enhancer:
 
     def _upscale(self, crops: list[np.ndarray]) -> np.ndarray:
         """Equal-size BGR uint8 crops -> N x S x S x 3 BGR uint8 through the model."""
-        batch = np.stack(crops)[..., ::-1]  # BGR -> RGB
-        lr = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255)
         size = self.config.output_size
-        sr = self.model.upscale(lr.to(self.model.device), (size, size), amp=self.config.amp)
-        sr = sr.mul_(255).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+        sr = self.model.upscale_uint8(np.stack(crops)[..., ::-1], (size, size), amp=self.config.amp)  # RGB model
         return np.ascontiguousarray(sr[..., ::-1])

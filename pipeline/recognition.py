@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from pipeline.errors import ConfigError, PipelineError, SinkError
+from pipeline.files import is_image_file
 from pipeline.records import AlignedFace, EnhancedFace
 from pipeline.run_folder import IDENTITIES_FILE, IdentityRecord
 
@@ -47,7 +48,6 @@ log = logging.getLogger(__name__)
 
 Metric = Literal["euclidean", "cosine"]
 UNKNOWN = "unknown"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def l2_normalize(v: np.ndarray) -> np.ndarray:
@@ -148,7 +148,7 @@ class Gallery:
             raise ConfigError(f"gallery folder not found: {folder}")
         names, imgs, sources = [], [], []
         for person in sorted(p for p in folder.iterdir() if p.is_dir()):
-            for path in sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            for path in sorted(p for p in person.iterdir() if is_image_file(p)):
                 photo = cv2.imread(str(path), cv2.IMREAD_COLOR)
                 face = None if photo is None else (align(photo) if align else photo)
                 if face is None:

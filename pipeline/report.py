@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.run_folder import REPORT_FILE, FaceRecord, IdentityRecord, TrackEndRecord, load_run
-from pipeline.sinks import atomic_write_bytes
+from pipeline.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

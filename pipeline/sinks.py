@@ -40,7 +40,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.enhance import bicubic
 from pipeline.errors import SinkError
+from pipeline.files import atomic_write_bytes
 from pipeline.records import EnhancedFace, TrackEnd
 from pipeline.run_folder import (IDENTITIES_FILE, RUN_OUTPUTS, SUMMARY_FILE, TRACKS_DIR, TRACKS_FILE, FaceRecord,
                                  TrackEndRecord)
@@ -61,32 +63,6 @@ def _jsonable(obj: Any) -> Any:
 
 def _sink_error(path: Path | str, exc: OSError) -> SinkError:
     return SinkError(f"cannot write {path}: {exc.strerror or exc}")
-
-
-def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and `os.replace`.
-
-    Either the old file (or none) or the complete new one is there afterwards, never a part.
-    OSError (full disk, permissions) -> SinkError naming `path`.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
-        >>> atomic_write_bytes(p, b"hi"); p.read_bytes()
-        b'hi'
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _sink_error(path, e) from None
 
 
 def _encode_png(image: np.ndarray) -> bytes:
@@ -185,7 +161,7 @@ class DiskSink:
         images = {record.image: face.sr}
         if self.save_comparison:
             images[record.lr_image] = a.crop
-            images[record.bicubic_image] = cv2.resize(a.crop, (s, s), interpolation=cv2.INTER_CUBIC)
+            images[record.bicubic_image] = bicubic(a.crop, s)  # the Enhancer's own baseline
         rec = record.to_dict()
         line = (json.dumps(rec, allow_nan=False, default=_jsonable) + "\n").encode()
         encoded = {name: _encode_png(img) for name, img in images.items()}

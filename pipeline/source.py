@@ -38,11 +38,11 @@ import cv2
 import numpy as np
 
 from pipeline.errors import SourceError
+from pipeline.files import IMAGE_SUFFIXES, is_image_file
 from pipeline.records import Frame
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass
@@ -228,7 +228,7 @@ class VideoSource:
         folder = Path(self.spec)
         try:
             self._images = sorted((p for p in folder.iterdir()
-                                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+                                   if p.is_file() and is_image_file(p)), key=_natural_key)
         except OSError as e:
             raise SourceError(f"{self.name}: cannot list folder ({e.strerror or e})") from None
         if not self._images:

@@ -104,3 +104,14 @@ def test_evaluate_errors_are_one_line(argv, message, prepared, capsys):
     assert evaluate.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_bicubic_row_is_the_products_bicubic():
+    from pipeline.enhance import Enhancer, EnhancerConfig
+    from pipeline.records import AlignedFace, Detection
+
+    lr = np.random.default_rng(0).integers(0, 255, (2, 16, 16, 3), np.uint8)
+    det = Detection(np.array([0.0, 0, 8, 8]), 0.9, np.zeros((5, 2)))
+    faces = [AlignedFace(1, i, img, np.eye(2, 3), 16, 0.5, det) for i, img in enumerate(lr)]
+    product = [f.sr for f in Enhancer(EnhancerConfig(method="bicubic", output_size=64))(faces)]
+    np.testing.assert_array_equal(evaluate.Method("bicubic", "cpu").upscale(lr, 64), np.stack(product))

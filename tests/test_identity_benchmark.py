@@ -265,6 +265,13 @@ def test_dlib_canonical_realign_is_fixed_and_close_to_hog() -> None:
         DlibEmbedder(realign="hog")
 
 
+def test_list_people_takes_every_image_suffix(tmp_path: Path) -> None:
+    for person, name in [("ann", "1.webp"), ("ann", "2.JPG"), ("bo", "1.png"), ("bo", "notes.txt")]:
+        (tmp_path / person).mkdir(exist_ok=True)
+        (tmp_path / person / name).write_bytes(b"")
+    assert identity.list_people(tmp_path) == {"ann": ["ann/1.webp", "ann/2.JPG"], "bo": ["bo/1.png"]}
+
+
 @needs_dlib
 @needs_lfw
 def test_make_probe_is_deterministic() -> None:

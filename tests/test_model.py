@@ -2,6 +2,7 @@
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -148,6 +149,50 @@ def test_save_then_load_gives_identical_output(tmp_path):
     assert torch.equal(model.upscale(lr, (50, 60)), loaded.upscale(lr, (50, 60)))
     assert loaded.metadata == {"step": 12, "note": "unit test"}
     assert not loaded.training
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import os
+
+    from pipeline.errors import SinkError
+
+    path = save_checkpoint(tiny(), tmp_path / "last.safetensors", step=1)
+    before = path.read_bytes()
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(SinkError, match="No space left"):
+        save_checkpoint(tiny(), path, step=2)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and load_model(path, device="cpu").metadata == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
+
+
+def test_upscale_uint8_is_upscale_rounded_to_8_bits():
+    model = tiny()
+    images = torch.randint(0, 256, (2, 12, 10, 3), dtype=torch.uint8).numpy()
+    out = model.upscale_uint8(images, (30, 25))
+    expected = model.upscale(torch.from_numpy(images).permute(0, 3, 1, 2) / 255, (30, 25))
+    assert out.dtype == np.uint8 and out.shape == (2, 30, 25, 3)
+    assert np.array_equal(out, (expected * 255).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+def test_device_resolver(monkeypatch):
+    from models import resolve_device
+    from pipeline.errors import ConfigError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="enhance.device 'cuda' requested but CUDA is not available"):
+        resolve_device("cuda", "enhance.device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    for bad in ("tpu:0", "gpu", None):
+        with pytest.raises(ConfigError, match=r"detect.device must be 'auto', 'cpu' or 'cuda\[:N\]'"):
+            resolve_device(bad, "detect.device")
 
 
 def test_pickled_file_is_refused(tmp_path):

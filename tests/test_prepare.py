@@ -84,3 +84,20 @@ def test_prepare_skips_a_photo_without_a_face(tmp_path, capsys):
     faces = FaceSet.load(tmp_path / "out", split=None)
     assert faces.images.shape == (1, 64, 64, 3) and faces.masks.any()
     assert json.loads((tmp_path / "out/prepare.json").read_text())["counts"]["no_face"] == 1
+
+
+def test_prepare_reads_webp_photos(tmp_path):
+    class NoFaces:  # the detector's interface; every photo reaches it, none has a face
+        def detect(self, images):
+            self.seen = [img.shape for img in images]
+            return [[] for _ in images]
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.webp"), np.full((40, 30, 3), 90, np.uint8))
+    cv2.imwrite(str(src / "b.PNG"), np.full((40, 30, 3), 90, np.uint8))
+    (src / "notes.txt").write_text("not a photo")
+    detector = NoFaces()
+    counts = prepare.prepare(src, tmp_path / "out", size=32, detector=detector)
+    assert counts["photos"] == 2 and counts["unreadable"] == 0 and counts["no_face"] == 2
+    assert detector.seen == [(80, 70, 3)] * 2  # decoded and padded by half the longer side

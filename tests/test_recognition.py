@@ -82,6 +82,13 @@ def test_gallery_from_folder(tmp_path: Path) -> None:
         Gallery.from_folder(tmp_path, MeanColour(), align=lambda photo: None)
 
 
+def test_gallery_accepts_webp_photos(tmp_path: Path) -> None:
+    (tmp_path / "carol").mkdir()
+    cv2.imwrite(str(tmp_path / "carol" / "1.webp"), solid(RED, 40), [cv2.IMWRITE_WEBP_QUALITY, 101])
+    g = Gallery.from_folder(tmp_path, MeanColour())
+    assert g.names == ["carol"] and [Path(s).name for s in g.sources] == ["1.webp"]
+
+
 def test_matcher_votes_and_events(tmp_path: Path, gallery: Gallery) -> None:
     out = tmp_path / "identities.jsonl"
     m = GalleryMatcher(gallery, MeanColour(), out)

@@ -109,3 +109,18 @@ def test_report_reads_the_run_folder_without_the_recognition_stage() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert res.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("crop", [16, 75])  # enlarged, and shrunk (where cv2's plain cubic would alias)
+def test_report_bicubic_image_is_the_enhancers_bicubic(tmp_path: Path, crop: int) -> None:
+    import cv2
+
+    from pipeline.enhance import Enhancer, EnhancerConfig
+
+    rng = np.random.default_rng(crop)
+    det = Detection(np.array([1.0, 2, 20, 24]), 0.95, np.ones((5, 2)))
+    aligned = AlignedFace(1, 0, rng.integers(0, 255, (crop, crop, 3), np.uint8), np.eye(2, 3), crop, 0.5, det)
+    [enhanced] = Enhancer(EnhancerConfig(method="bicubic", output_size=S))([aligned])
+    with DiskSink(tmp_path, S) as sink:
+        rec = sink.write(enhanced)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / rec["bicubic_image"])), enhanced.sr)

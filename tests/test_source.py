@@ -93,6 +93,14 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
         open_source(tmp_path)
 
 
+def test_folder_reads_webp_frames(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "f1.webp"), np.full((20, 30, 3), 100, np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 101])
+    cv2.imwrite(str(tmp_path / "f2.WEBP"), np.full((20, 30, 3), 50, np.uint8), [cv2.IMWRITE_WEBP_QUALITY, 101])
+    with open_source(tmp_path) as src:
+        frames = read_all(src)
+    assert [int(f.image[0, 0, 0]) for f in frames] == [100, 50]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.mp4"
     with pytest.raises(SourceError) as e:

@@ -32,7 +32,7 @@ METHODS = ("arasfsr", "bicubic")
 @dataclass
 class EnhancerConfig:
     method: str = "arasfsr"
-    weights: str = "models/weights/arasfsr_cctv.safetensors"
+    weights: str = "models/weights/arasfsr_paper.safetensors"  # best for a recognizer: models/weights/README.md
     output_size: int = 112
     device: str = "auto"
     batch_size: int = 32

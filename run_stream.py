@@ -4,15 +4,16 @@
     python run_stream.py --source clip.mp4 [--config configs/cctv.yaml] [--out DIR] [--set key=value ...]
 
 SRC: a video file, rtsp://..., webcam:N, a folder of images, or `demo` (a generated clip of a face
-moving and shrinking from 80 to 16 px). Writes DIR/tracks.jsonl, DIR/tracks/<id>/<frame>.png,
-DIR/summary.json and DIR/index.html. On bad input: one line on stderr and a non-zero exit.
+moving and shrinking from 80 to 16 px, written to DIR/input/demo.mp4). Writes DIR/tracks.jsonl,
+DIR/tracks/<id>/<frame>.png, DIR/summary.json and DIR/index.html; DIR is locked while the run lasts.
+On bad input: one line on stderr and a non-zero exit. Ctrl-C (or SIGTERM) stops within seconds and
+still writes the summary and report (exit 0); a second one exits at once (exit 130).
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import threading
 from pathlib import Path
 
 from common import cli
@@ -26,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", help="output folder (default: output.dir of the config)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one config value, e.g. --set enhance.output_size=160 (repeatable)")
-    ap.add_argument("--overwrite", action="store_true", help="replace a previous run in the output folder")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace a previous run in the output folder (only the files this program wrote go)")
     ap.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
     return ap.parse_args(argv)
 
@@ -49,19 +51,14 @@ def run(args: argparse.Namespace) -> int:
     if args.quiet:
         overrides.append("runtime.progress=false")
     config = load_config(args.config, overrides)
-    source = args.source
     out_dir = Path(args.out or config.output.dir)
-    if source == "demo":
-        from pipeline.demo import make_demo_clip
-
-        source = str(make_demo_clip(out_dir.parent / f"{out_dir.name}_input" / "astronaut_demo.mp4"))
-    stop = threading.Event()
-    install_signal_handlers(stop)
-    summary = Runner(config, source, out_dir, stop=stop).run()
+    runner = Runner(config, args.source, out_dir)
+    install_signal_handlers(runner)
+    summary = runner.run()
     print(f"{summary['frames_processed']} frames, {summary['faces_detected']} faces detected, "
           f"{summary['faces_written']} faces in {summary['tracks']} tracks written to {out_dir} "
           f"({summary['fps']} fps); open {out_dir / 'index.html'}")
-    return 0  # also after SIGINT/SIGTERM: stopping a live stream that way is the normal end of a run
+    return 0  # also after one SIGINT/SIGTERM: stopping a live stream that way is the normal end of a run
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 The face moves across a 640 x 360 frame while it shrinks from 80 px to 16 px wide, and every
 frame is JPEG-compressed (quality 40) before encoding, like a cheap CCTV camera.
 
+`run_stream.py --source demo` writes it into the run folder (`pipeline.run_folder.DEMO_CLIP`).
+
 Example:
-    >>> path = make_demo_clip("out/demo_input/astronaut_demo.mp4")  # doctest: +SKIP
+    >>> path = make_demo_clip("out/demo/input/demo.mp4")  # doctest: +SKIP
 """
 from __future__ import annotations
 

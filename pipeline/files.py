@@ -6,6 +6,7 @@ atomic_write_bytes: how every output file (run records, report, checkpoints) rea
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -18,6 +19,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 def is_image_file(path: Path) -> bool:
     """True for a path whose suffix (any case) is in IMAGE_SUFFIXES."""
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9]+\.[0-9]+\.tmp$")
+
+
+def temporary_path(path: Path) -> Path:
+    """Where `atomic_write_bytes` writes `path` before the rename: hidden, unique per process and thread."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def is_temporary(path: Path) -> bool:
+    """True for a name `temporary_path` gives (one a killed process may have left behind)."""
+    return bool(_TEMPORARY.match(path.name))
 
 
 def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = False) -> None:
@@ -34,7 +48,7 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, fsync: bool = False) ->
         b'hi'
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from pipeline.run_folder import REPORT_FILE, FaceRecord, IdentityRecord, TrackEndRecord, load_run
 from pipeline.files import atomic_write_bytes
+from pipeline.run_folder import REPORT_FILE, REPORT_GENERATOR, FaceRecord, IdentityRecord, TrackEndRecord, load_run
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,9 @@ def write_report(out_dir: Path | str, *, strip: int = 8, title: str | None = Non
     n_faces = sum(len(r) for r in by_track.values())
     tracks_html = "".join(_track_html(out_dir, tid, recs, idents.get(tid), run.track_ends.get(tid), strip)
                           for tid, recs in by_track.items()) or "<p>No faces in this run.</p>"
+    # The generator tag tells a later run with --overwrite that this index.html is ours to replace.
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="generator" content="{REPORT_GENERATOR}">'
             f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
             f"<h1>{_e(title)}</h1>"
             f"<p>{len(by_track)} tracks, {n_faces} faces"

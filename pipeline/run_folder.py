@@ -11,7 +11,14 @@ One run writes, under its output folder:
     identities.jsonl                      with recognition: one line per identity decision of a track,
                                           the last one of each track with "final": true
     summary.json                          run totals
-    index.html                            the static report
+    index.html                            the static report (marked as ours by REPORT_GENERATOR)
+    input/demo.mp4                        the generated clip of `--source demo`
+    .lock                                 while a run holds the folder: its pid (see RunFolder)
+
+A run holds its folder through `RunFolder` for its whole length: an exclusive lock (a second run on
+the same folder is refused, naming the holder's pid), and the rule for a previous run: refused, or
+with `overwrite` cleared, deleting only files this program wrote (a user's own files are kept, and a
+user's file where the run would write is refused rather than replaced).
 
 The writers (`pipeline.sinks.DiskSink`, `pipeline.recognition.GalleryMatcher`) build their lines from
 `FaceRecord`, `TrackEndRecord` and `IdentityRecord`; `load_run` reads a folder back into the same
@@ -26,18 +33,23 @@ Example:
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import math
+import os
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, SinkError
+from pipeline.files import is_temporary
 from pipeline.records import EnhancedFace, TrackEnd
 
 log = logging.getLogger(__name__)
@@ -47,8 +59,11 @@ SUMMARY_FILE = "summary.json"
 IDENTITIES_FILE = "identities.jsonl"
 REPORT_FILE = "index.html"
 TRACKS_DIR = "tracks"
-#: Everything a run writes.
-RUN_OUTPUTS = (TRACKS_FILE, SUMMARY_FILE, IDENTITIES_FILE, REPORT_FILE, TRACKS_DIR)
+INPUT_DIR = "input"
+DEMO_CLIP = f"{INPUT_DIR}/demo.mp4"
+LOCK_FILE = ".lock"
+#: The report's <meta name="generator"> content: how an index.html is known to be ours.
+REPORT_GENERATOR = "face-sr pipeline report"
 
 
 def face_images(track_id: int, frame_index: int) -> tuple[str, str, str]:
@@ -401,3 +416,176 @@ def load_run(folder: Path | str) -> Run:
         except ValueError:
             log.warning("%s: unreadable, summary left out", folder / SUMMARY_FILE)
     return Run(folder, faces, ends, identities, summary)
+
+
+# -- holding a folder ------------------------------------------------------------------------------
+
+_FACE_IMAGE = re.compile(r"^[0-9]+(_lr|_bicubic)?\.png$")  # tracks/<track_id>/<name>
+
+
+def _starts_with_json_object(path: Path, whole: bool) -> bool:
+    """Whether the file (`whole`) or its first line is a JSON object; an empty first line counts
+    (the tracks.jsonl of a run that wrote no face)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(1 << 24) if whole else f.readline(1 << 20)
+        return (not whole and not text.strip()) or isinstance(json.loads(text), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def _is_our_report(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return f'<meta name="generator" content="{REPORT_GENERATOR}">' in head
+
+
+#: The run's files at the top of the folder, and how to tell that one there was written by this program
+#: (a user's own file of the same name must be neither deleted nor replaced).
+_OURS: dict[str, Callable[[Path], bool]] = {
+    TRACKS_FILE: lambda p: _starts_with_json_object(p, whole=False),
+    IDENTITIES_FILE: lambda p: _starts_with_json_object(p, whole=False),
+    SUMMARY_FILE: lambda p: _starts_with_json_object(p, whole=True),
+    REPORT_FILE: _is_our_report,
+    DEMO_CLIP: lambda p: True,  # only ever written by --source demo
+}
+
+
+class RunFolder:
+    """The output folder of one run, held for the run's whole length (`with RunFolder(path) as folder:`).
+
+    Opening it creates the folder, takes an exclusive lock (`fcntl.flock` on `.lock`, which holds the
+    holder's pid; the kernel releases it when the process ends, however it ends), then deals with a
+    previous run: refused (SinkError listing what is there) unless `overwrite`, which deletes only the
+    files this program wrote: tracks.jsonl, identities.jsonl, summary.json, index.html when it carries
+    our generator tag, tracks/<id>/<frame>[_lr|_bicubic].png, input/demo.mp4 and leftover temporary
+    files. A user's file where the run would write (say their own index.html) is refused, overwrite or
+    not: the user must move it or choose another folder, rather than find it replaced; a user's files
+    elsewhere in the folder (even inside tracks/) are never touched. Nothing is changed in the folder
+    before the lock is held and the checks have passed.
+    """
+
+    def __init__(self, path: Path | str, *, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self._lock_fd: int | None = None
+
+    def open(self) -> RunFolder:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SinkError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self._lock()
+        try:
+            self._take_over_previous_run()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Release the lock and remove the lock file (idempotent)."""
+        if self._lock_fd is None:
+            return
+        # Unlinked while still locked: a run waiting on this file notices the change (see _lock).
+        (self.path / LOCK_FILE).unlink(missing_ok=True)
+        os.close(self._lock_fd)
+        self._lock_fd = None
+
+    def __enter__(self) -> RunFolder:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the lock ------------------------------------------------------------------------------
+    def _lock(self) -> None:
+        path = self.path / LOCK_FILE
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise SinkError(f"cannot write {path}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise SinkError(f"output folder {self.path} is in use by another run ({self._holder(path)}); "
+                                "wait for it to end or choose another output folder") from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                    os.close(fd)
+                    raise SinkError(f"cannot lock {path}: {e.strerror or e}") from None
+                log.warning("%s: this file system has no locks; a second run on the folder is not refused", path)
+            # The holder we waited for may have removed the file after we opened it: our lock is then on
+            # a file nobody else will see, so try again on the one at the path.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    @staticmethod
+    def _holder(path: Path) -> str:
+        """'pid N' of the run holding the lock; it writes its pid just after locking, so wait a moment."""
+        for _ in range(20):
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                text = ""
+            if text.isdigit():
+                return f"pid {text}"
+            time.sleep(0.05)
+        return "pid unknown"
+
+    # -- a previous run ------------------------------------------------------------------------
+    def _take_over_previous_run(self) -> None:
+        ours, foreign = self._previous_run()
+        if foreign:
+            raise SinkError(f"{foreign[0]} was not written by this program and would be replaced; "
+                            "move it away or choose another output folder")
+        if not ours:
+            return
+        names = sorted({p.relative_to(self.path).parts[0] for p in ours})
+        if not self.overwrite:
+            raise SinkError(f"output folder {self.path} already holds a run ({', '.join(names)}); "
+                            "choose another output folder or allow overwrite")
+        log.info("overwriting the previous run in %s (%s)", self.path, ", ".join(names))
+        for p in ours:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as e:
+                raise SinkError(f"cannot remove old output {p}: {e.strerror or e}") from None
+        for folder in sorted({p.parent for p in ours if p.parent != self.path}, reverse=True):
+            for d in (folder, *folder.parents):  # tracks/<id>, tracks; input: only once empty
+                if d == self.path or any(d.iterdir()):
+                    break
+                d.rmdir()
+
+    def _previous_run(self) -> tuple[list[Path], list[Path]]:
+        """(ours, foreign): files a run of this program wrote here, and a user's files at paths a run
+        writes (a user's files elsewhere are neither)."""
+        ours: list[Path] = []
+        foreign: list[Path] = []
+        for name, is_ours in _OURS.items():
+            p = self.path / name
+            if p.is_symlink() or (p.exists() and not p.is_file()):
+                foreign.append(p)
+            elif p.is_file():
+                (ours if is_ours(p) else foreign).append(p)
+        ours += [p for p in self.path.iterdir() if is_temporary(p) and p.is_file()]
+        tracks = self.path / TRACKS_DIR
+        if tracks.is_dir() and not tracks.is_symlink():
+            for track in tracks.iterdir():
+                if track.name.isdigit() and track.is_dir() and not track.is_symlink():
+                    ours += [p for p in track.iterdir() if (_FACE_IMAGE.match(p.name) or is_temporary(p))
+                             and p.is_file() and not p.is_symlink()]
+        return ours, foreign

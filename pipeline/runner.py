@@ -10,8 +10,17 @@ the final identity. When the input ends, the tracker ends every live track and t
 
 Back-pressure: when the enhancer falls behind, its bounded queue blocks the main thread, which stops
 reading frames; a file source then simply waits (no frame is lost) and a live source drops its
-oldest frames (counted in summary.json). SIGINT/SIGTERM (see `install_signal_handlers`) stop the
-reading; what was already read is finished, the sinks are flushed and summary.json is written.
+oldest frames (counted in summary.json).
+
+Stopping (SIGINT/SIGTERM, see `install_signal_handlers`): the reading stops, the faces already
+enhanced are written, the backlog waiting for the enhancer is skipped (counted in summary.json as
+`faces_skipped_at_stop`), every track still open ends, summary.json and the report are written; it
+takes one enhancer call at most (calls are sized to about ENHANCE_CALL_S). A second signal exits at
+once; what is on disk stays valid (see pipeline.sinks). A signal during start-up aborts the run.
+
+The output folder is held (locked, a previous run refused or cleared) before anything is loaded or
+written, for the whole run (`pipeline.run_folder.RunFolder`); `source="demo"` generates the demo
+clip inside it (input/demo.mp4).
 
 Example:
     >>> from pipeline.config import load_config
@@ -20,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import threading
@@ -36,6 +46,7 @@ from pipeline.detect import MTCNNDetector
 from pipeline.enhance import Enhancer
 from pipeline.errors import SourceError
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
+from pipeline.run_folder import DEMO_CLIP, RunFolder
 from pipeline.select import Selector
 from pipeline.sinks import DiskSink
 from pipeline.source import open_source
@@ -43,6 +54,9 @@ from trackers import SortTracker
 
 log = logging.getLogger(__name__)
 _DONE = object()
+#: Seconds one enhancer call should take: the longest a stop request waits for the enhancer. Calls hold
+#: as many faces as fit (up to enhance.batch_size): a full batch on a GPU, a few faces on a CPU.
+ENHANCE_CALL_S = 0.5
 
 
 class StageTimer:
@@ -74,6 +88,8 @@ class Runner:
         self.source_spec = source
         self.out_dir = Path(out_dir or config.output.dir)
         self.stop = stop or threading.Event()
+        self.running = threading.Event()  # set once start-up is over and the stages run
+        self._faces_per_call = 1  # grown after each enhancer call to about ENHANCE_CALL_S seconds
         self.timer = StageTimer()
         self.counts: dict[str, int] = defaultdict(int)
         self.track_ids: set[int] = set()
@@ -127,14 +143,30 @@ class Runner:
                     item = inbox.get_nowait()
                 except queue.Empty:
                     break
-            enhanced: list[EnhancedFace] = []
-            if faces:
-                t0 = time.perf_counter()
-                enhanced = enhancer(faces)
-                self.timer.add("enhance", time.perf_counter() - t0, len(faces))
+            enhanced = self._enhance_until_stopped(enhancer, faces)
             if enhanced or ends:
                 self._put(outbox, [*enhanced, *ends])
         self._put(outbox, _DONE)
+
+    def _enhance_until_stopped(self, enhancer: Enhancer, faces: list[AlignedFace]) -> list[EnhancedFace]:
+        """Enhance `faces` in calls of about ENHANCE_CALL_S each (a full batch of ARASFSR on a CPU takes
+        over ten seconds), so that a stop request waits for one call at most; once stop is set the
+        rest are skipped, and counted."""
+        out: list[EnhancedFace] = []
+        done = 0
+        while done < len(faces):
+            if self.stop.is_set():
+                self.counts["faces_skipped_at_stop"] += len(faces) - done
+                break
+            chunk = faces[done:done + self._faces_per_call]
+            t0 = time.perf_counter()
+            out += enhancer(chunk)
+            seconds = time.perf_counter() - t0
+            self.timer.add("enhance", seconds, len(chunk))
+            fit = int(len(chunk) * ENHANCE_CALL_S / max(seconds, 1e-6))
+            self._faces_per_call = max(1, min(self.config.enhance.batch_size, fit))
+            done += len(chunk)
+        return out
 
     def _sink_loop(self, sink: DiskSink, matcher, inbox: queue.Queue) -> None:
         while (item := self._get(inbox)) is not _DONE:
@@ -190,8 +222,26 @@ class Runner:
             return None
 
     def run(self) -> dict[str, Any]:
-        cfg = self.config
+        """Run to the end of the input (or a stop request); returns the summary. Raises UserError
+        subclasses for bad input, and the source's error after writing what was read before it."""
         start = time.perf_counter()
+        with RunFolder(self.out_dir, overwrite=self.config.output.overwrite) as folder:
+            summary = self._run_in(folder, start)
+        if self.source_error is not None:
+            raise self.source_error
+        return summary
+
+    def _input(self, folder: RunFolder) -> str:
+        """The source to open: `demo` is the demo clip, generated into the run folder."""
+        if self.source_spec != "demo":
+            return self.source_spec
+        from pipeline.demo import make_demo_clip
+
+        return str(make_demo_clip(folder.path / DEMO_CLIP))
+
+    def _run_in(self, folder: RunFolder, start: float) -> dict[str, Any]:
+        cfg = self.config
+        source = self._input(folder)
         detector = MTCNNDetector(cfg.detect.detector())
         enhancer = Enhancer(cfg.enhance)
         tracker, aligner, selector = SortTracker(cfg.track), Aligner(cfg.align.min_size, cfg.align.max_size), \
@@ -199,10 +249,8 @@ class Runner:
         matcher = self._make_matcher(detector)
         to_enhance: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
         to_sink: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
-        sink = DiskSink(self.out_dir, cfg.enhance.output_size, save_comparison=cfg.output.save_comparison,
-                        overwrite=cfg.output.overwrite)
-        interrupted = False
-        with open_source(self.source_spec, cfg.source) as src, sink:
+        sink = DiskSink(folder, cfg.enhance.output_size, save_comparison=cfg.output.save_comparison)
+        with open_source(source, cfg.source) as src, sink:
             workers = [threading.Thread(target=self._guard, args=(self._enhance_loop, enhancer, to_enhance, to_sink),
                                         name="enhance", daemon=True),
                        threading.Thread(target=self._guard, args=(self._sink_loop, sink, matcher, to_sink),
@@ -211,6 +259,7 @@ class Runner:
                 w.start()
             progress = self._progress(src)
             last_log = time.perf_counter()
+            self.running.set()
             try:
                 while (frames := self._read_batch_or_fail(src, cfg.detect.batch)) is not None:
                     if chosen := self._process(frames, detector, tracker, aligner, selector):
@@ -224,11 +273,10 @@ class Runner:
                         self._log_live(src, start)
                     if cfg.runtime.max_frames and self.counts["frames_processed"] >= cfg.runtime.max_frames:
                         break
-                interrupted = self.stop.is_set() and self._error is None
                 tracker.finish()  # tracks still alive end like any other
                 if ended := self._ended(tracker, selector):
                     self._put(to_enhance, ended)
-            except BaseException as exc:  # e.g. a second Ctrl-C: make the workers give up too
+            except BaseException as exc:  # make the workers give up too
                 self._error = self._error or exc
                 raise
             finally:
@@ -241,14 +289,12 @@ class Runner:
                     matcher.close()
             if self._error is not None:
                 raise self._error
-            summary = self._summary(src, start, interrupted, sink)
+            summary = self._summary(src, start, sink)
             sink.write_summary(summary)
         if cfg.output.report:
             from pipeline.report import write_report
 
-            write_report(self.out_dir)
-        if self.source_error is not None:
-            raise self.source_error
+            write_report(folder.path)
         return summary
 
     def _process(self, frames: list[Frame], detector, tracker, aligner, selector) -> list[AlignedFace | TrackEnd]:
@@ -303,15 +349,17 @@ class Runner:
                  self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
                  src.stats.dropped, src.stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
 
-    def _summary(self, src, start: float, interrupted: bool, sink: DiskSink) -> dict[str, Any]:
+    def _summary(self, src, start: float, sink: DiskSink) -> dict[str, Any]:
         wall = time.perf_counter() - start
         processed = self.counts["frames_processed"]
         return {
-            "source": src.name, "live": src.is_live, "interrupted": interrupted,
+            # A worker's failure also sets stop, but then the run raises it instead of writing a summary.
+            "source": src.name, "live": src.is_live, "interrupted": self.stop.is_set(),
             "frames_decoded": src.stats.decoded, "frames_processed": processed, "frames_dropped": src.stats.dropped,
             "frames_in_source": src.frame_count, "reconnects": src.stats.reconnects,
             "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
-            "faces_written": self.counts["faces_written"], "tracks": len(sink.track_ids),
+            "faces_written": self.counts["faces_written"],
+            "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"], "tracks": len(sink.track_ids),
             "enhance_method": self.config.enhance.method, "output_size": self.config.enhance.output_size,
             "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
             "stages": self.timer.summary(), "config": self.config.to_dict(),
@@ -319,15 +367,31 @@ class Runner:
         }
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    """SIGINT / SIGTERM set `stop`: the run finishes what it has read, flushes and writes its summary.
-    A second SIGINT interrupts at once."""
+def install_signal_handlers(runner: Runner) -> None:
+    """SIGINT / SIGTERM for a command-line run (main thread only).
+
+    During start-up (loading models, opening the source) a signal aborts: KeyboardInterrupt, which the
+    CLI reports as one line (exit 130); nothing has been written but the held folder, released on the
+    way out. Once the run is going, the first signal sets `runner.stop` (see the module docstring: it
+    ends within about a second plus one detector batch), and a second one exits the process at once
+    with EXIT_INTERRUPTED: no summary, no report, but every tracks.jsonl line already written is
+    complete and its images exist (images are renamed into place before their line is appended in
+    one write), as after a kill; the folder's lock dies with the process.
+    """
+    from common.cli import EXIT_INTERRUPTED
 
     def handler(signum, _frame):
-        if stop.is_set() and signum == signal.SIGINT:
+        name = signal.Signals(signum).name
+        if not runner.running.is_set():
             raise KeyboardInterrupt
-        log.warning("%s received: stopping after the frames already read", signal.Signals(signum).name)
-        stop.set()
+        if runner.stop.is_set():
+            # os._exit: no cleanup can hold us up (a model call, a thread join, interpreter shutdown).
+            os.write(2, f"error: {name} again: stopped at once; the records written so far are valid, "
+                        "summary.json and index.html were not written\n".encode())
+            os._exit(EXIT_INTERRUPTED)
+        log.warning("%s received: stopping (the faces already enhanced are written, the rest skipped); "
+                    "send it again to exit at once", name)
+        runner.stop.set()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)

@@ -8,10 +8,10 @@ then renamed (`os.replace`), so a file either exists complete or not at all. A f
 written before its tracks.jsonl line, so every record points to files that exist. tracks.jsonl is
 only ever appended to; lines already flushed stay valid.
 
-Existing output: a new run into a folder that already holds a run (tracks.jsonl, summary.json,
-identities.jsonl or tracks/) is refused with a SinkError, unless `overwrite=True`, which first
-deletes those run outputs (and index.html); other files in the folder are left alone.
-There is no resume.
+Existing output and concurrent runs: the sink writes into a held `pipeline.run_folder.RunFolder`
+(locked; a previous run refused, or with `overwrite=True` cleared of the files this program wrote,
+never a user's). Given a path, the sink holds the folder itself from `open` to `close`; the runner
+holds it for the whole run and hands it over. There is no resume.
 
 Example:
     >>> import numpy as np, tempfile
@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,8 +43,7 @@ from pipeline.enhance import bicubic
 from pipeline.errors import SinkError
 from pipeline.files import atomic_write_bytes
 from pipeline.records import EnhancedFace, TrackEnd
-from pipeline.run_folder import (IDENTITIES_FILE, RUN_OUTPUTS, SUMMARY_FILE, TRACKS_DIR, TRACKS_FILE, FaceRecord,
-                                 TrackEndRecord)
+from pipeline.run_folder import SUMMARY_FILE, TRACKS_DIR, TRACKS_FILE, FaceRecord, RunFolder, TrackEndRecord
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +74,24 @@ class DiskSink:
     """Writes enhanced faces (images + tracks.jsonl), track ends and summary.json under `out_dir`.
 
     Args:
-        out_dir: run folder; created if missing.
+        out_dir: run folder; created if missing. A path is held (locked, previous run checked) from
+            `open` to `close`; a RunFolder is one the caller holds, used as it is.
         output_size: the configured SR size S; every `face.sr` must be S x S x 3 uint8.
         save_comparison: also write each face's LR crop (`_lr.png`) and bicubic upscale
             (`_bicubic.png`) for the HTML report.
-        overwrite: allow writing into a folder that already holds a run (its outputs are deleted).
+        overwrite: with a path: allow writing into a folder that already holds a run (the files it
+            wrote are deleted first).
 
     Thread-safe: `write` and `end_track` may be called from several threads.
     """
 
-    def __init__(self, out_dir: Path | str, output_size: int, *, save_comparison: bool = True,
+    def __init__(self, out_dir: RunFolder | Path | str, output_size: int, *, save_comparison: bool = True,
                  overwrite: bool = False) -> None:
-        self.out_dir = Path(out_dir)
+        self._holds_folder = not isinstance(out_dir, RunFolder)
+        self.folder = RunFolder(out_dir, overwrite=overwrite) if self._holds_folder else out_dir
+        self.out_dir = self.folder.path
         self.output_size = int(output_size)
         self.save_comparison = save_comparison
-        self.overwrite = overwrite
         self.count = 0
         self.track_ids: set[int] = set()
         self._open_tracks: dict[int, _Tally] = {}  # tracks with faces written and no end yet
@@ -99,38 +100,21 @@ class DiskSink:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def open(self) -> DiskSink:
-        """Prepare `out_dir` (refuse or clear an old run) and open tracks.jsonl for appending."""
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise _sink_error(self.out_dir, e) from None
-        old = [n for n in (TRACKS_FILE, SUMMARY_FILE, IDENTITIES_FILE, TRACKS_DIR)
-               if (self.out_dir / n).exists()]
-        if old and not self.overwrite:
-            raise SinkError(f"output folder {self.out_dir} already holds a run ({', '.join(old)}); "
-                            "choose another output folder or allow overwrite")
-        if old:
-            log.info("overwriting the previous run in %s", self.out_dir)
-        for name in RUN_OUTPUTS if self.overwrite else ():
-            path = self.out_dir / name
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-            except OSError as e:
-                raise SinkError(f"cannot remove old output {path}: {e.strerror or e}") from None
+        """Hold `out_dir` (unless the caller does) and open tracks.jsonl for appending."""
+        if self._holds_folder:
+            self.folder.open()
         path = self.out_dir / TRACKS_FILE
         try:
             (self.out_dir / TRACKS_DIR).mkdir(exist_ok=True)
             # Append-only and unbuffered: each line goes to the OS in one write; never truncated.
             self._jsonl = open(path, "ab", buffering=0)
         except OSError as e:
+            self.close()
             raise _sink_error(path, e) from None
         return self
 
     def close(self) -> None:
-        """Close tracks.jsonl (idempotent)."""
+        """Close tracks.jsonl and release the folder if the sink holds it (idempotent)."""
         with self._lock:
             if self._jsonl is not None:
                 try:
@@ -139,6 +123,8 @@ class DiskSink:
                     pass  # e.g. /dev/full or a pipe: nothing more we can do at close
                 self._jsonl.close()
                 self._jsonl = None
+        if self._holds_folder:
+            self.folder.close()
 
     def __enter__(self) -> DiskSink:
         return self.open()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,9 @@ import pytest
 from pipeline import sinks
 from pipeline.errors import PipelineError, SinkError
 from pipeline.records import AlignedFace, Detection, EnhancedFace, TrackEnd
-from pipeline.run_folder import TRACK_RECORD_SCHEMA, FaceRecord, IdentityRecord, load_run, validate_record
+from pipeline.report import write_report
+from pipeline.run_folder import (REPORT_GENERATOR, TRACK_RECORD_SCHEMA, FaceRecord, IdentityRecord, RunFolder,
+                                 load_run, validate_record)
 from pipeline.sinks import DiskSink
 
 S = 64
@@ -251,3 +254,81 @@ def test_load_run_reads_lines_without_type_and_refuses_other_folders(tmp_path: P
     assert run.track_ends == {} and run.identities == {} and run.summary == {}
     with pytest.raises(PipelineError, match="no tracks.jsonl"):
         load_run(tmp_path / "nothing")
+
+
+# -- holding the run folder ------------------------------------------------------------------------
+def test_a_held_folder_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    with RunFolder(tmp_path) as folder:
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+        for overwrite in (False, True):
+            with pytest.raises(SinkError, match=rf"in use by another run \(pid {os.getpid()}\)"):
+                RunFolder(tmp_path, overwrite=overwrite).open()
+        with DiskSink(folder, S) as sink:  # the holder hands it to its sink
+            sink.write(make_face())
+        with pytest.raises(SinkError, match="in use"):  # the sink does not release a folder it was handed
+            RunFolder(tmp_path).open()
+    assert not (tmp_path / ".lock").exists()
+    with DiskSink(tmp_path, S, overwrite=True):  # free again
+        pass
+
+
+def test_a_stale_lock_file_does_not_block(tmp_path: Path) -> None:
+    (tmp_path / ".lock").write_text("999999\n")  # left by a killed run: the kernel released its lock
+    with RunFolder(tmp_path):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def previous_run(folder: Path) -> None:
+    """A finished run (report included) plus what a killed one leaves: a temporary file."""
+    with DiskSink(folder, S) as sink:
+        sink.write(make_face(1, 0))
+        sink.write(make_face(12, 4))
+        sink.write_summary({"faces": 2})
+    write_report(folder)
+    (folder / "input").mkdir()
+    (folder / "input" / "demo.mp4").write_bytes(b"clip")
+    (folder / "tracks" / "12" / ".5.png.123.456.tmp").write_bytes(b"part")
+
+
+def test_overwrite_deletes_only_what_a_run_wrote(tmp_path: Path) -> None:
+    previous_run(tmp_path)
+    mine = {"notes.txt": "mine", "tracks/README.txt": "mine too", "tracks/12/me.jpg": "x", "input/cam.mp4": "y",
+            "tracks/abc/1.png": "not a track id"}
+    for name, text in mine.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(SinkError, match=r"already holds a run \(index.html, input, summary.json, tracks, "
+                                        r"tracks.jsonl\)"):
+        RunFolder(tmp_path).open()
+    with RunFolder(tmp_path, overwrite=True):
+        left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == sorted([*mine, ".lock"])
+    assert all((tmp_path / name).read_text() == text for name, text in mine.items())
+    assert not (tmp_path / "tracks/1").exists(), "a track folder emptied of our images goes"
+
+
+@pytest.mark.parametrize("name,text", [
+    ("index.html", "<html>my own page</html>"),
+    ("summary.json", "not json"),
+    ("tracks.jsonl", "[1, 2]\n"),
+])
+def test_a_users_file_where_a_run_writes_is_refused_and_kept(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / name).write_text(text)
+    for overwrite in (False, True):
+        with pytest.raises(SinkError, match=rf"{tmp_path / name} was not written by this program"):
+            DiskSink(tmp_path, S, overwrite=overwrite).open()
+    assert (tmp_path / name).read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], "nothing else was created or left"
+
+
+def test_our_report_is_recognised_by_its_generator_tag(tmp_path: Path) -> None:
+    with DiskSink(tmp_path, S) as sink:
+        sink.write(make_face())
+    write_report(tmp_path)
+    assert f'<meta name="generator" content="{REPORT_GENERATOR}">' in (tmp_path / "index.html").read_text()
+    (tmp_path / "tracks.jsonl").unlink()
+    shutil.rmtree(tmp_path / "tracks")
+    with pytest.raises(SinkError, match=r"already holds a run \(index.html\)"):
+        RunFolder(tmp_path).open()
+    with RunFolder(tmp_path, overwrite=True):
+        assert not (tmp_path / "index.html").exists()

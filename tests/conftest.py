@@ -13,6 +13,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rtsp_server import RtspServer, gst_unavailable_reason, make_test_video  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
+LONG_CLIP_FRAMES = 200
+
+
+@pytest.fixture(scope="session")
+def long_face_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo face in every one of LONG_CLIP_FRAMES frames: a run that enhances it with ARASFSR on a
+    CPU lasts a minute and more, long enough to act on it while it goes (signals, a second run)."""
+    from pipeline.demo import make_demo_clip
+
+    return make_demo_clip(tmp_path_factory.mktemp("clip") / "long.mp4", n_frames=LONG_CLIP_FRAMES)
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,9 @@ import sys
 from pathlib import Path
 
 import cv2
-import pytest
 from background_run import ROOT, Run, check_records
 
-from pipeline.demo import make_demo_clip
-
 QUICK = ("-q", "--set", "enhance.method=bicubic", "--set", "runtime.max_frames=6")
-
-
-@pytest.fixture(scope="module")
-def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_demo_clip(tmp_path_factory.mktemp("clip") / "long.mp4", n_frames=600)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -38,13 +30,13 @@ def files(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
-def test_a_second_run_on_a_held_folder_is_refused_naming_the_holder(long_clip: Path, tmp_path: Path) -> None:
+def test_a_second_run_on_a_held_folder_is_refused_naming_the_holder(long_face_clip: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    first = Run(long_clip, out, "--set", "enhance.device=cpu")
+    first = Run(long_face_clip, out, "--set", "enhance.device=cpu")
     first.wait_for(lambda: first.faces_on_disk() >= 1, "the first run's first faces")
     before = files(out)
     for overwrite in ((), ("--overwrite",)):
-        second = run_cli("--source", str(long_clip), "--out", str(out), *QUICK, *overwrite)
+        second = run_cli("--source", str(long_face_clip), "--out", str(out), *QUICK, *overwrite)
         assert second.returncode == 2
         error = one_error_line(second.stderr)
         assert f"is in use by another run (pid {first.proc.pid})" in error and str(out) in error
@@ -78,12 +70,12 @@ def test_overwrite_keeps_the_users_files_and_the_demo_stays_inside_out(tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_a_folder_holding_only_the_users_index_html_keeps_it(tmp_path: Path, long_clip: Path) -> None:
+def test_a_folder_holding_only_the_users_index_html_keeps_it(tmp_path: Path, long_face_clip: Path) -> None:
     out = tmp_path / "site"
     out.mkdir()
     (out / "index.html").write_text("<html>my own site</html>")
     for overwrite in ((), ("--overwrite",)):
-        res = run_cli("--source", str(long_clip), "--out", str(out), *QUICK, *overwrite)
+        res = run_cli("--source", str(long_face_clip), "--out", str(out), *QUICK, *overwrite)
         assert res.returncode == 2
         error = one_error_line(res.stderr)
         assert f"{out / 'index.html'} was not written by this program" in error

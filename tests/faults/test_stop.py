@@ -9,21 +9,13 @@ from pathlib import Path
 import pytest
 from background_run import Run, check_records
 
-from pipeline.demo import make_demo_clip
-
 STOP_BOUND_S = 15.0  # generous: the stop takes about a second; CI machines are slow and shared
 CPU = ("--set", "enhance.device=cpu", "--set", "detect.device=cpu")  # the slow enhancer that builds a backlog
 
 
-@pytest.fixture(scope="module")
-def long_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A face in every frame, for longer than any of these runs lasts (ARASFSR on a CPU falls behind)."""
-    return make_demo_clip(tmp_path_factory.mktemp("clip") / "long.mp4", n_frames=600)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_stop_request_ends_the_run_within_seconds(long_clip: Path, tmp_path: Path, sig: signal.Signals) -> None:
-    run = Run(long_clip, tmp_path / "run", *CPU)
+def test_a_stop_request_ends_the_run_within_seconds(long_face_clip: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    run = Run(long_face_clip, tmp_path / "run", *CPU)
     run.wait_for(lambda: run.faces_on_disk() >= 2, "the first faces")
     seconds = run.stop(sig)
     out, stderr = run.out, run.stderr
@@ -33,7 +25,7 @@ def test_a_stop_request_ends_the_run_within_seconds(long_clip: Path, tmp_path: P
     summary = json.loads((out / "summary.json").read_text())
     faces = check_records(out)
     assert summary["interrupted"] is True and summary["faces_written"] == len(faces)
-    assert summary["frames_processed"] < 600
+    assert summary["frames_processed"] < summary["frames_in_source"], "the reading stopped"
     # ARASFSR on a CPU is far slower than detection: the queued backlog was skipped, and counted
     assert summary["faces_skipped_at_stop"] > 0
     assert (out / "index.html").is_file() and not (out / ".lock").exists()
@@ -42,8 +34,8 @@ def test_a_stop_request_ends_the_run_within_seconds(long_clip: Path, tmp_path: P
     assert ends == {f["track_id"] for f in faces}, "every track with faces is ended"
 
 
-def test_a_second_sigint_exits_at_once_with_valid_records(long_clip: Path, tmp_path: Path) -> None:
-    run = Run(long_clip, tmp_path / "run", *CPU)
+def test_a_second_sigint_exits_at_once_with_valid_records(long_face_clip: Path, tmp_path: Path) -> None:
+    run = Run(long_face_clip, tmp_path / "run", *CPU)
     run.wait_for(lambda: run.faces_on_disk() >= 2, "the first faces")
     seconds = run.stop(signal.SIGINT, signal.SIGINT)
     stderr = run.stderr

@@ -81,16 +81,22 @@ class Enhancer:
     def name(self) -> str:
         return self.config.method
 
+    def uses_model(self, face: AlignedFace) -> bool:
+        """Whether `face` goes through the model (the costly part); a crop at least as large as the
+        output, or any crop with method bicubic, is only resampled."""
+        h, w = face.crop.shape[:2]
+        size = self.config.output_size
+        return self.model is not None and not (h >= size and w >= size)
+
     def __call__(self, faces: Sequence[AlignedFace]) -> list[EnhancedFace]:
         size = self.config.output_size
         out: list[np.ndarray | None] = [None] * len(faces)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, face in enumerate(faces):
-            h, w = face.crop.shape[:2]
-            if self.model is None or (h >= size and w >= size):
-                out[i] = bicubic(face.crop, size)
+            if self.uses_model(face):
+                by_size[face.crop.shape[:2]].append(i)
             else:
-                by_size[(h, w)].append(i)
+                out[i] = bicubic(face.crop, size)
         for indices in by_size.values():
             for start in range(0, len(indices), self.config.batch_size):
                 chunk = indices[start:start + self.config.batch_size]

@@ -15,8 +15,9 @@ oldest frames (counted in summary.json).
 Stopping (SIGINT/SIGTERM, see `install_signal_handlers`): the reading stops, the faces already
 enhanced are written, the backlog waiting for the enhancer is skipped (counted in summary.json as
 `faces_skipped_at_stop`), every track still open ends, summary.json and the report are written; it
-takes one enhancer call at most (calls are sized to about ENHANCE_CALL_S). A second signal exits at
-once; what is on disk stays valid (see pipeline.sinks). A signal during start-up aborts the run.
+takes one detector call and one enhancer call at most (each sized to about CALL_S, see Pacer). A
+second signal exits at once; what is on disk stays valid (see pipeline.sinks). A signal during
+start-up aborts the run.
 
 The output folder is held (locked, a previous run refused or cleared) before anything is loaded or
 written, for the whole run (`pipeline.run_folder.RunFolder`); `source="demo"` generates the demo
@@ -35,6 +36,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +56,8 @@ from trackers import SortTracker
 
 log = logging.getLogger(__name__)
 _DONE = object()
-#: Seconds one enhancer call should take: the longest a stop request waits for the enhancer. Calls hold
-#: as many faces as fit (up to enhance.batch_size): a full batch on a GPU, a few faces on a CPU.
-ENHANCE_CALL_S = 0.5
+#: Seconds one detector or enhancer call should take: about the longest a stop request waits for either.
+CALL_S = 0.5
 
 
 class StageTimer:
@@ -79,6 +80,47 @@ class StageTimer:
                 for s in self.seconds}
 
 
+class Pacer:
+    """Splits a stage's work into calls of about CALL_S seconds, sized from the calls so far, so that a
+    stop request waits for one call at most: a batch of four 1080p frames through MTCNN or 32 faces
+    through ARASFSR takes ten seconds and more on a CPU and cannot be cut short, while a GPU does a
+    full batch in that time (then calls hold `most` items, as before).
+
+    `weight(item)`: the item's share of a call's cost, 1 by default; 0 for an item that costs next to
+    nothing (a face that needs no model), which never makes a call longer.
+
+    Example:
+        >>> pacer = Pacer(most=32)
+        >>> out, seconds = pacer.run(lambda xs: [x * 2 for x in xs], [1, 2, 3], threading.Event())
+        >>> out, pacer.size  # 1 item, then 2; quick calls: the next may hold twice as many
+        ([2, 4, 6], 4)
+    """
+
+    def __init__(self, most: int, weight: Callable[[Any], int] = lambda item: 1) -> None:
+        self.most, self.weight = most, weight
+        self.size = 1  # weight of the next call; the first call is the smallest, it measures the rate
+
+    def run(self, fn: Callable[[list], list], items: list, stop: threading.Event) -> tuple[list, float]:
+        """fn's results over `items` (fn: a list in, one result per item out) and the seconds spent.
+        Once `stop` is set no further call starts: the results then cover a prefix of `items`."""
+        out: list = []
+        spent = 0.0
+        while len(out) < len(items) and not stop.is_set():
+            start = end = len(out)
+            weight = 0
+            while end < len(items) and (end == start or weight + self.weight(items[end]) <= self.size):
+                weight += self.weight(items[end])
+                end += 1
+            t0 = time.perf_counter()
+            out += fn(items[start:end])
+            seconds = time.perf_counter() - t0
+            spent += seconds
+            if weight:  # grow at most twofold: one quick call may be noise
+                fit = int(weight * CALL_S / max(seconds, 1e-6))
+                self.size = max(1, min(self.most, fit, 2 * self.size))
+        return out, spent
+
+
 class Runner:
     """Runs the whole pipeline on one source into one output folder; `run()` returns the summary."""
 
@@ -89,7 +131,7 @@ class Runner:
         self.out_dir = Path(out_dir or config.output.dir)
         self.stop = stop or threading.Event()
         self.running = threading.Event()  # set once start-up is over and the stages run
-        self._faces_per_call = 1  # grown after each enhancer call to about ENHANCE_CALL_S seconds
+        self._detect_pacer = Pacer(config.detect.batch)
         self.timer = StageTimer()
         self.counts: dict[str, int] = defaultdict(int)
         self.track_ids: set[int] = set()
@@ -126,6 +168,7 @@ class Runner:
         """Items in: lists of AlignedFace and TrackEnd; out: the same lists with the faces enhanced.
         A batch's track ends go out after its faces: an end never overtakes a face of its track."""
         batch_size = self.config.enhance.batch_size
+        pacer = Pacer(batch_size, weight=enhancer.uses_model)
         done = False
         while not done:
             faces: list[AlignedFace] = []
@@ -143,30 +186,19 @@ class Runner:
                     item = inbox.get_nowait()
                 except queue.Empty:
                     break
-            enhanced = self._enhance_until_stopped(enhancer, faces)
+            enhanced = self._enhance_until_stopped(enhancer, pacer, faces)
             if enhanced or ends:
                 self._put(outbox, [*enhanced, *ends])
         self._put(outbox, _DONE)
 
-    def _enhance_until_stopped(self, enhancer: Enhancer, faces: list[AlignedFace]) -> list[EnhancedFace]:
-        """Enhance `faces` in calls of about ENHANCE_CALL_S each (a full batch of ARASFSR on a CPU takes
-        over ten seconds), so that a stop request waits for one call at most; once stop is set the
-        rest are skipped, and counted."""
-        out: list[EnhancedFace] = []
-        done = 0
-        while done < len(faces):
-            if self.stop.is_set():
-                self.counts["faces_skipped_at_stop"] += len(faces) - done
-                break
-            chunk = faces[done:done + self._faces_per_call]
-            t0 = time.perf_counter()
-            out += enhancer(chunk)
-            seconds = time.perf_counter() - t0
-            self.timer.add("enhance", seconds, len(chunk))
-            fit = int(len(chunk) * ENHANCE_CALL_S / max(seconds, 1e-6))
-            self._faces_per_call = max(1, min(self.config.enhance.batch_size, fit))
-            done += len(chunk)
-        return out
+    def _enhance_until_stopped(self, enhancer: Enhancer, pacer: Pacer,
+                               faces: list[AlignedFace]) -> list[EnhancedFace]:
+        """The faces enhanced before a stop request; the rest are skipped, and counted."""
+        enhanced, seconds = pacer.run(enhancer, faces, self.stop)
+        if enhanced:
+            self.timer.add("enhance", seconds, len(enhanced))
+        self.counts["faces_skipped_at_stop"] += len(faces) - len(enhanced)
+        return enhanced
 
     def _sink_loop(self, sink: DiskSink, matcher, inbox: queue.Queue) -> None:
         while (item := self._get(inbox)) is not _DONE:
@@ -300,9 +332,10 @@ class Runner:
     def _process(self, frames: list[Frame], detector, tracker, aligner, selector) -> list[AlignedFace | TrackEnd]:
         every = self.config.detect.every
         to_detect = [f for f in frames if f.index % every == 0]
-        t0 = time.perf_counter()
-        found = detector.detect([f.image for f in to_detect]) if to_detect else []
-        self.timer.add("detect", time.perf_counter() - t0, len(to_detect))
+        found, seconds = self._detect_pacer.run(detector.detect, [f.image for f in to_detect], self.stop)
+        self.timer.add("detect", seconds, len(found))
+        if len(found) < len(to_detect):  # stopped: the frames from the first one not detected are left
+            frames = [f for f in frames if f.index < to_detect[len(found)].index]
         detections = {f.index: d for f, d in zip(to_detect, found)}
         chosen: list[AlignedFace | TrackEnd] = []
         for frame in frames:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -20,7 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.records import AlignedFace, Detection
 from pipeline.recognition import Embedder, Gallery, GalleryMatcher, l2_normalize
 from pipeline.run_folder import load_run, validate_record
-from pipeline.runner import Runner
+from pipeline.runner import Pacer, Runner
 from pipeline.select import SelectConfig, Selector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,3 +329,27 @@ def test_no_faces_clip_gives_zero_tracks_and_exit_0(tmp_path):
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tracks"] == 0 and summary["frames_processed"] == summary["frames_decoded"]
+
+
+def test_pacer_sizes_calls_to_about_call_s_and_stops_between_calls(monkeypatch):
+    """Items that cost 0.2 s each (a fake clock): calls of 2 fit CALL_S = 0.5 s, free items ride along, and
+    no call starts after a stop request."""
+    import pipeline.runner as runner_module
+
+    clock = [0.0]
+    monkeypatch.setattr(runner_module.time, "perf_counter", lambda: clock[0])
+    calls: list[list[str]] = []
+    stop = threading.Event()
+
+    def work(items: list[str]) -> list[str]:
+        calls.append(items)
+        clock[0] += 0.2 * sum(x == "model" for x in items)
+        if len(calls) == 3:
+            stop.set()
+        return [x.upper() for x in items]
+
+    pacer = Pacer(most=32, weight=lambda x: int(x == "model"))
+    out, seconds = pacer.run(work, ["model", "model", "free", "model", "model", "free", "model", "model"], stop)
+    assert calls == [["model"], ["model", "free", "model"], ["model", "free", "model"]]
+    assert out == ["MODEL", "MODEL", "FREE", "MODEL", "MODEL", "FREE", "MODEL"] and seconds == pytest.approx(1.0)
+    assert Pacer(most=3).run(lambda xs: xs, list(range(20)), threading.Event())[0] == list(range(20))

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from common.config import setting, validate
 from models.data import resize
 from pipeline.errors import ConfigError
 from pipeline.records import AlignedFace, EnhancedFace
@@ -31,23 +32,16 @@ METHODS = ("arasfsr", "bicubic")
 
 @dataclass
 class EnhancerConfig:
-    method: str = "arasfsr"
+    method: str = setting("arasfsr", choices=METHODS)
     weights: str = "models/weights/arasfsr_paper.safetensors"  # best for a recognizer: models/weights/README.md
-    output_size: int = 112
+    output_size: int = setting(112, lo=8, hi=1024)
     device: str = "auto"
-    batch_size: int = 32
-    max_queries: int = 16384
-    amp: str | None = None
+    batch_size: int = setting(32, lo=1)
+    max_queries: int = setting(16384, lo=1)
+    amp: str | None = setting(None, choices=("bf16", "fp16"))
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"enhance.method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not isinstance(self.output_size, int) or not 8 <= self.output_size <= 1024:
-            raise ConfigError(f"enhance.output_size must be an integer in [8, 1024], got {self.output_size!r}")
-        if self.batch_size < 1 or self.max_queries < 1:
-            raise ConfigError("enhance.batch_size and enhance.max_queries must be >= 1")
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ConfigError(f"enhance.amp must be bf16, fp16 or null, got {self.amp!r}")
+        validate(self)
 
 
 def bicubic(crop: np.ndarray, size: int) -> np.ndarray:

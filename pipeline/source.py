@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +37,7 @@ import av
 import cv2
 import numpy as np
 
+from common.config import setting, validate
 from pipeline.errors import SourceError
 from pipeline.files import IMAGE_SUFFIXES, is_image_file
 from pipeline.records import Frame
@@ -47,17 +48,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SourceConfig:
-    queue_size: int = 64
+    queue_size: int = setting(64, lo=1)
     # Consecutive failed (re)connection attempts allowed before giving up.
     # None: unlimited for live sources (a camera may come back), 0 for files and folders.
-    reconnect_attempts: int | None = None
-    backoff_initial: float = 0.5  # seconds before the first retry, doubled per failure
-    backoff_max: float = 10.0
-    open_timeout: float = 5.0  # seconds to connect / open
-    read_timeout: float = 5.0  # seconds without data before a live stream counts as lost
-    fps_hint: float | None = None  # folders: pts_time = index / fps_hint (None: pts_time None)
-    rtsp_transport: str = "tcp"  # TCP: no UDP packet loss / NAT trouble on CCTV networks
-    options: dict[str, str] = field(default_factory=dict)  # extra FFmpeg options (e.g. video_size)
+    reconnect_attempts: int | None = setting(None, lo=0)
+    backoff_initial: float = setting(0.5, lo=0.0)  # seconds before the first retry, doubled per failure
+    backoff_max: float = setting(10.0, lo=0.0)
+    open_timeout: float = setting(5.0, gt=0.0)  # seconds to connect / open
+    read_timeout: float = setting(5.0, gt=0.0)  # seconds without data before a live stream counts as lost
+    fps_hint: float | None = setting(None, gt=0.0)  # folders: pts_time = index / fps_hint (None: pts_time None)
+    # TCP: no UDP packet loss / NAT trouble on CCTV networks; the others are FFmpeg's rtsp_transport values
+    rtsp_transport: str = setting("tcp", choices=("tcp", "udp", "udp_multicast", "http", "https"))
+    options: dict[str, str] = setting(factory=dict)  # extra FFmpeg options (e.g. video_size)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass

@@ -295,7 +295,7 @@ class Runner:
     def _progress(self, src):
         if src.is_live or not self.config.runtime.progress:
             return None
-        return tqdm(total=src.frame_count, unit="frame", desc=Path(str(self.source_spec)).name, dynamic_ncols=True)
+        return tqdm(total=src.frame_count, unit="frame", desc=Path(src.name).name, dynamic_ncols=True)
 
     def _log_live(self, src, start: float) -> None:
         elapsed = time.perf_counter() - start

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 
 from common.config import setting, validate
+from common.redact import mask_secrets
 from pipeline.errors import SourceError
 from pipeline.files import IMAGE_SUFFIXES, is_image_file
 from pipeline.records import Frame
@@ -132,11 +133,6 @@ class FrameQueue:
         return len(self._items)
 
 
-def _redact(spec: str) -> str:
-    """Hide a password in rtsp://user:password@host URLs (messages end up in logs)."""
-    return re.sub(r"^(\w+://[^:/@]+):[^@/]*@", r"\1:***@", spec)
-
-
 def _natural_key(p: Path) -> list:
     # frame2.png before frame10.png
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
@@ -144,20 +140,21 @@ def _natural_key(p: Path) -> list:
 
 def _ffmpeg_message(e: Exception) -> str:
     # PyAV errors read "[Errno 1094995529] Invalid data found when processing input: 'path'";
-    # keep the words, we name the source ourselves.
+    # keep the words, we name the source ourselves (masked: a message may quote the URL).
     msg = getattr(e, "strerror", None) or str(e)
-    return str(msg).strip().rstrip(".")
+    return mask_secrets(str(msg)).strip().rstrip(".")
 
 
 class VideoSource:
     """An iterator of `Frame` fed by a reader thread. Use `open_source` to make one."""
 
     def __init__(self, spec: str, config: SourceConfig | None = None) -> None:
-        self.spec = spec
+        # A URL pasted with spaces around it is still that URL (a file name keeps its spaces).
+        self.spec = spec.strip() if "://" in spec else spec
         self.config = config or SourceConfig()
-        self.name = _redact(spec)
+        self.name = mask_secrets(self.spec)  # the only form of the spec that is shown or written
         self.stats = SourceStats()
-        self.kind = self._kind(spec)
+        self.kind = self._kind(self.spec)
         self.is_live = self.kind in ("rtsp", "webcam")
         attempts = self.config.reconnect_attempts
         self._attempts: int | None = attempts if attempts is not None else (None if self.is_live else 0)
@@ -303,7 +300,7 @@ class VideoSource:
             self._error = e
         except Exception as e:  # a bug or an unexpected library error: still one line to the user
             log.exception("%s: reader failed", self.name)
-            self._error = SourceError(f"{self.name}: read failed ({type(e).__name__}: {e})")
+            self._error = SourceError(f"{self.name}: read failed ({type(e).__name__}: {mask_secrets(str(e))})")
         finally:
             self._queue.finish()
 

@@ -241,7 +241,7 @@ class Runner:
                     matcher.close()
             if self._error is not None:
                 raise self._error
-            summary = self._summary(src, start, interrupted, sink)
+            summary = self._summary(src, start, interrupted, sink, enhancer)
             sink.write_summary(summary)
         if cfg.output.report:
             from pipeline.report import write_report
@@ -303,15 +303,16 @@ class Runner:
                  self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
                  src.stats.dropped, src.stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
 
-    def _summary(self, src, start: float, interrupted: bool, sink: DiskSink) -> dict[str, Any]:
+    def _summary(self, src, start: float, interrupted: bool, sink: DiskSink, enhancer: Enhancer) -> dict[str, Any]:
         wall = time.perf_counter() - start
         processed = self.counts["frames_processed"]
         return {
             "source": src.name, "live": src.is_live, "interrupted": interrupted,
             "frames_decoded": src.stats.decoded, "frames_processed": processed, "frames_dropped": src.stats.dropped,
-            "frames_in_source": src.frame_count, "reconnects": src.stats.reconnects,
+            "frames_expected": src.frame_count, "truncated": src.truncated, "reconnects": src.stats.reconnects,
             "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
             "faces_written": self.counts["faces_written"], "tracks": len(sink.track_ids),
+            "faces_bicubic_fallback": enhancer.fallbacks,
             "enhance_method": self.config.enhance.method, "output_size": self.config.enhance.output_size,
             "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
             "stages": self.timer.summary(), "config": self.config.to_dict(),

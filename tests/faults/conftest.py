@@ -1,4 +1,4 @@
-"""Fixtures for fault tests: the command line run as a user runs it, and checks on what it said."""
+"""Fixtures for fault tests: the command line run as a user runs it."""
 from __future__ import annotations
 
 import os
@@ -10,18 +10,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def assert_one_error_line(err: str, *needles: str) -> str:
-    """`err` (a run's stderr, log lines included) ends in one `error: ...` line naming every needle,
-    and holds no traceback."""
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert lines and lines[-1].startswith("error: "), err
-    assert sum(line.startswith("error: ") for line in lines) == 1, err
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
-    return lines[-1]
 
 
 @pytest.fixture

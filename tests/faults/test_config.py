@@ -1,6 +1,5 @@
-"""Fault tests: config values of the wrong type or out of range, unreadable config files and
-checkpoints whose stored config or weights are unusable. Each is one `error:` line naming the key
-(or the file) and exit code 2, never a traceback."""
+"""Fault tests: config values of the wrong type or out of range, and config files that cannot be
+read. Each is one `error:` line naming the key (or the file) and exit code 2, never a traceback."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,12 +7,9 @@ import json
 import typing
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from common.cli import EXIT_USER_ERROR
-from conftest import assert_one_error_line
-from models.checkpoint import FORMAT, _write, build_model, save_checkpoint
+from fault_checks import assert_one_error_line
 from pipeline.config import DERIVED, SECTIONS, load_config, valid_keys
 
 KEYS = [(s, k) for s in SECTIONS for k in valid_keys(s)]
@@ -119,44 +115,3 @@ def test_a_config_file_that_is_not_utf8_is_named(run_cli, tmp_path):
     code, out, err = run_cli("--source", tmp_path / "x.mp4", "--config", preset, "--out", tmp_path / "out")
     assert code == EXIT_USER_ERROR
     assert_one_error_line(err, str(preset), "not UTF-8")
-
-
-# -- checkpoints -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model({"encoder": {"name": "edsr", "n_resblocks": 1, "n_feats": 8}, "decoder": {"hidden": 16},
-                         "local_frequency": {"latent": 4, "width": 8}})
-    path = save_checkpoint(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
-    return path, model.config
-
-
-def _rewrite(src, dst, config_text: str, tensors=None):
-    _write(tensors or load_file(str(src)), dst, {"format": FORMAT, "config": config_text, "metadata": "{}"})
-    return dst
-
-
-@pytest.mark.parametrize("case,needle", [
-    ("not_json", "stored model config is not JSON"),
-    ("impossible", "describes a model that cannot be built"),
-    ("nan", "NaN or infinite weights"),
-    ("inf", "NaN or infinite weights"),
-])
-def test_unusable_checkpoints_are_named_not_blamed_on_the_device(run_cli, tmp_path, tiny_checkpoint, case, needle):
-    src, config = tiny_checkpoint
-    bad = tmp_path / f"{case}.safetensors"
-    if case == "not_json":
-        _rewrite(src, bad, "{encoder: edsr")
-    elif case == "impossible":  # valid keys, but a layer of 10^13 channels cannot be allocated
-        _rewrite(src, bad, json.dumps({**config, "encoder": {**config["encoder"], "n_feats": 10 ** 13}}))
-    else:
-        tensors = load_file(str(src))
-        name = sorted(tensors)[0]
-        tensors[name] = tensors[name].clone()
-        tensors[name].view(-1)[0] = float("nan") if case == "nan" else float("inf")
-        _rewrite(src, bad, json.dumps(config), tensors)
-    code, out, err = run_cli("--source", tmp_path / "x.mp4", "--out", tmp_path / "out",
-                             "--set", f"enhance.weights={bad}", "--set", "enhance.device=cpu")
-    assert code == EXIT_USER_ERROR
-    line = assert_one_error_line(err, f"checkpoint {bad}", needle)
-    assert "enhance.device" not in line

@@ -7,7 +7,7 @@ import pytest
 
 from common.cli import EXIT_USER_ERROR
 from common.redact import mask_secrets
-from conftest import assert_one_error_line
+from fault_checks import assert_one_error_line
 
 SHAPES = [  # (URL as the user gives it, as it may be shown)
     ("rtsp://admin:hunter2@10.0.0.7:554/live", "rtsp://admin:***@10.0.0.7:554/live"),

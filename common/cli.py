@@ -11,13 +11,15 @@ import sys
 from collections.abc import Callable
 
 from common.errors import UserError
+from common.redact import mask_secrets
 
 EXIT_USER_ERROR = 2  # as argparse's usage errors: the command was given something it cannot use
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention for Ctrl-C
 
 
 def error_line(exc: BaseException) -> str:
-    return "error: " + " ".join(str(exc).split("\n")).strip()
+    # Masked here too: an error raised far from the source (e.g. an OSError naming its file) may quote a URL.
+    return "error: " + mask_secrets(" ".join(str(exc).split("\n")).strip())
 
 
 def run(work: Callable[[], int | None]) -> int:

@@ -7,8 +7,11 @@ dataclasses do not allow, naming the key as the user writes it (dotted: `data.lr
   * a key that is not a field (listing the valid ones);
   * a value not of the field's type (int, float, bool, str, tuple, dict, `X | None`, nested
     dataclass; an int is accepted for a float, a list for a tuple);
-  * a value outside the range its field declares with `setting(lo=, hi=, choices=)`;
+  * a value outside the range its field declares with `setting(lo=, hi=, gt=, lt=, choices=)`;
   * whatever the dataclass's own `__post_init__` refuses (a ConfigError with `key=`).
+
+Settings that code also constructs directly (e.g. `TrackerConfig(stride=0)`) call `validate(self)`
+first in their `__post_init__`: the same rules, so a value is checked the same way however it came.
 
 A union of dataclasses (e.g. the encoder: EDSR or RDN) is chosen by its `name` key.
 
@@ -25,6 +28,8 @@ Example (a section of a bigger config, so its keys are named as `decoder.<key>`)
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import operator
 import types
 import typing
 from pathlib import Path
@@ -38,9 +43,11 @@ _NONE = type(None)
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, lo: float | None = None,
-            hi: float | None = None, choices: tuple | None = None) -> Any:
-    """A dataclass field with its valid values: lo <= value <= hi (each element of a tuple), or one of `choices`."""
-    meta = {k: v for k, v in (("lo", lo), ("hi", hi), ("choices", choices)) if v is not None}
+            hi: float | None = None, gt: float | None = None, lt: float | None = None,
+            choices: tuple | None = None) -> Any:
+    """A dataclass field with its valid values: lo <= value <= hi, gt < value < lt (each element of a
+    tuple), or one of `choices`."""
+    meta = {k: v for k, v in (("lo", lo), ("hi", hi), ("gt", gt), ("lt", lt), ("choices", choices)) if v is not None}
     return dataclasses.field(default=default, default_factory=factory, metadata=meta)
 
 
@@ -53,6 +60,9 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
         raise ConfigError(f"{what} {path} not found") from None
     except OSError as exc:
         raise ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                          f"{exc.start}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -102,6 +112,17 @@ def merge(cls: type, base: dict, top: dict) -> dict:
     return out
 
 
+def validate(obj: Any) -> None:
+    """Check the fields of a settings object made in code by build's rules, normalising as build does
+    (an int for a float becomes a float, a list a tuple); a ConfigError names the field. Call it first
+    in `__post_init__`. Nested sections are dataclass instances that checked themselves."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.init and not dataclasses.is_dataclass(value):
+            setattr(obj, f.name, _convert(value, hints[f.name], f, "config", f.name))
+
+
 def plain(obj: Any) -> Any:
     """A dataclass tree as YAML/JSON-ready builtins (tuples become lists)."""
     if dataclasses.is_dataclass(obj):
@@ -121,7 +142,8 @@ def _join(where: str, key: str) -> str:
 
 
 def _shown(value: Any) -> str:
-    return f"{value!r}" if isinstance(value, (int, float, str, bool, _NONE)) else type(value).__name__
+    text = repr(value)
+    return text if isinstance(value, (int, float, str, bool, _NONE)) or len(text) <= 40 else type(value).__name__
 
 
 def _section_types(hint: Any) -> list[type]:
@@ -147,15 +169,20 @@ def _chosen(options: list[type], data: dict) -> type:
 
 def _describe(hint: Any, meta: dict) -> str:
     if "choices" in meta:
-        text = f"one of {', '.join(map(str, meta['choices']))}"
-    else:
-        text = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a list",
-                dict: "a mapping"}.get(typing.get_origin(hint) or hint, str(hint))
-        lo, hi = meta.get("lo"), meta.get("hi")
-        if hint is tuple and (lo is not None or hi is not None):
-            text += " of numbers"
-        text += f" in [{lo}, {hi}]" if lo is not None and hi is not None else f" >= {lo}" if lo is not None else \
-            f" <= {hi}" if hi is not None else ""
+        return f"one of {', '.join(map(str, meta['choices']))}"
+    text = {int: "an integer", float: "a number", bool: "true or false", str: "a string", tuple: "a list",
+            dict: "a mapping"}.get(typing.get_origin(hint) or hint, str(hint))
+    low = ("[", f"{meta['lo']:g}") if "lo" in meta else ("(", f"{meta['gt']:g}") if "gt" in meta else None
+    high = (f"{meta['hi']:g}", "]") if "hi" in meta else (f"{meta['lt']:g}", ")") if "lt" in meta else None
+    if hint is tuple and (low or high):
+        text += " of numbers"
+    if low and high:  # an interval of reals says "a number" by itself
+        text = "in " if hint is float else f"{text} in "
+        return f"{text}{low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low:
+        return f"{text} {'>=' if low[0] == '[' else '>'} {low[1]}"
+    if high:
+        return f"{text} {'<=' if high[1] == ']' else '<'} {high[0]}"
     return text
 
 
@@ -179,15 +206,28 @@ def _convert(value: Any, hint: Any, field: dataclasses.Field, kind: str, key: st
     origin = typing.get_origin(hint) or hint
     if not _CHECKS.get(origin, lambda v: True)(value) or not _in_range(value, meta):
         raise ConfigError(f"must be {_describe(origin, meta)}{' or null' if nullable else ''}, got {_shown(value)}", key)
+    if origin is dict and typing.get_args(hint):
+        return _mapping(value, typing.get_args(hint), kind, key)
     if origin is float:
         return float(value)
+    if origin is int:
+        return int(value)
     if origin is tuple:
         return tuple(value)
     return value
 
 
-_CHECKS = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-           float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+def _mapping(value: dict, args: tuple, kind: str, key: str) -> dict:
+    """A free-form mapping (e.g. FFmpeg options) whose keys and values have declared types."""
+    key_type, value_type = args
+    loose = dataclasses.field()  # no range: only the declared types
+    return {_convert(k, key_type, loose, kind, f"{key} key"): _convert(v, value_type, loose, kind, f"{key}.{k}")
+            for k, v in value.items()}
+
+
+# numbers.Integral / Real: numpy scalars from code are numbers too (YAML only gives int and float)
+_CHECKS = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+           float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
            str: lambda v: isinstance(v, str), tuple: lambda v: isinstance(v, (list, tuple)),
            list: lambda v: isinstance(v, (list, tuple)), dict: lambda v: isinstance(v, dict)}
 
@@ -195,11 +235,11 @@ _CHECKS = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int
 def _in_range(value: Any, meta: dict) -> bool:
     if "choices" in meta:
         return value in meta["choices"]
-    if "lo" not in meta and "hi" not in meta:
-        return True
+    bounds = [(meta[k], test) for k, test in (("lo", operator.ge), ("hi", operator.le), ("gt", operator.gt),
+                                              ("lt", operator.lt)) if k in meta]
     for v in value if isinstance(value, (list, tuple)) else [value]:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
+        if bounds and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
             return False
-        if ("lo" in meta and v < meta["lo"]) or ("hi" in meta and v > meta["hi"]):
+        if not all(test(v, bound) for bound, test in bounds):
             return False
     return True

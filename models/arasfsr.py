@@ -55,6 +55,15 @@ def positional_encoding(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
     return torch.cat([x, torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-3)], dim=-1)
 
 
+class NonFiniteOutput(ValueError):
+    """The model's output holds NaN/Inf (e.g. an fp16 overflow under autocast) for some images.
+    `finite`: one bool per image; `images`: the uint8 result, valid where `finite`."""
+
+    def __init__(self, images: np.ndarray, finite: np.ndarray) -> None:
+        super().__init__(f"model output is not finite (NaN/Inf) for {int((~finite).sum())} of {len(finite)} image(s)")
+        self.images, self.finite = images, finite
+
+
 class LocalFrequencyEstimator(nn.Module):
     """Sec. 3.3: an encoder predicts P(z | I_LR) as a Gaussian per LR position, a decoder turns z into
     a frequency token t. Training samples z (reparameterisation); inference uses z = mean, so it is
@@ -275,10 +284,15 @@ class ARASFSR(nn.Module):
 
     def upscale_uint8(self, images: np.ndarray, size: tuple[int, int], amp: str | None = None) -> np.ndarray:
         """`upscale` for 8-bit images: N x h x w x 3 uint8 (RGB, the order the model was trained on)
-        -> N x H x W x 3 uint8 on the CPU, rounded to the nearest level."""
+        -> N x H x W x 3 uint8 on the CPU, rounded to the nearest level.
+        Raises NonFiniteOutput if the output holds NaN/Inf: a black image must never pass for a result."""
         lr = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
         sr = self.upscale(lr.to(self.device), size, amp=amp)
-        return sr.mul_(255).round_().byte().permute(0, 2, 3, 1).cpu().numpy()
+        finite = torch.isfinite(sr).flatten(1).all(1).cpu().numpy()
+        out = sr.nan_to_num_(0.0).mul_(255).round_().byte().permute(0, 2, 3, 1).cpu().numpy()
+        if not finite.all():
+            raise NonFiniteOutput(out, finite)
+        return out
 
     def _autocast(self, amp: str | None):
         if amp is None or self.device.type != "cuda":

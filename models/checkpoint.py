@@ -83,7 +83,13 @@ def read_metadata(path: str | Path) -> dict:
     meta = _read_header(Path(path))
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(f"checkpoint {path} has no model config in its metadata (not written by save_checkpoint)")
-    return {"config": json.loads(meta["config"]), "metadata": json.loads(meta.get("metadata", "{}"))}
+    info = {}
+    for key, what in (("config", "model config"), ("metadata", "training metadata")):
+        try:
+            info[key] = json.loads(meta.get(key, "{}"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"checkpoint {path}: its stored {what} is not JSON ({exc.msg})") from None
+    return info
 
 
 def resolve_device(device: str | torch.device = "auto", key: str = "device") -> torch.device:
@@ -122,6 +128,9 @@ def load_model(path: str | Path, device: str | torch.device = "auto") -> ARASFSR
         model = build_model(info["config"])
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid model config: {exc}") from None
+    except (RuntimeError, ValueError, MemoryError) as exc:  # valid keys, but e.g. layers too large to allocate
+        raise CheckpointError(f"checkpoint {path} describes a model that cannot be built "
+                              f"({' '.join(str(exc).split())[:200]})") from None
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -134,6 +143,11 @@ def load_model(path: str | Path, device: str | torch.device = "auto") -> ARASFSR
         parts = [f"{label} {len(keys)} (e.g. {keys[0]})" for label, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)) if keys]
         raise CheckpointError(f"checkpoint {path}: tensors do not match its config: {'; '.join(parts)}")
+    # NaN/Inf weights would silently write black faces: refuse them here, naming the first bad tensor.
+    broken = sorted(k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+    if broken:
+        raise CheckpointError(f"checkpoint {path} has NaN or infinite weights in {len(broken)} tensor(s) "
+                              f"(e.g. {broken[0]}); the training run that wrote it diverged")
     model.load_state_dict(tensors)
     model.metadata = info["metadata"]
     return model.to(resolve_device(device)).eval()

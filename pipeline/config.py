@@ -31,7 +31,7 @@ from trackers import TrackerConfig
 
 @dataclass
 class DetectSettings(DetectorConfig):
-    min_face_size: int = 14  # smaller than MTCNN's stock 20: CCTV faces are small (P-Net's floor is 12)
+    min_face_size: int = setting(14, lo=1)  # smaller than MTCNN's stock 20: CCTV faces are small (P-Net's floor is 12)
     every: int = setting(1, lo=1)  # run the detector on every k-th frame; the tracker predicts in between
     batch: int = setting(4, lo=1)  # frames per detector call (files; live streams take what is queued)
 
@@ -64,13 +64,9 @@ class RecognitionSettings:
 @dataclass
 class RuntimeSettings:
     progress: bool = True
-    log_every: float = 10.0
+    log_every: float = setting(10.0, gt=0.0)
     queue_size: int = setting(256, lo=1)
     max_frames: int | None = setting(None, lo=1)
-
-    def __post_init__(self) -> None:
-        if self.log_every <= 0:
-            raise ConfigError(f"must be > 0, got {self.log_every!r}", key="log_every")
 
 
 SECTIONS: dict[str, type] = {

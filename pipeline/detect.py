@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.config import setting, validate
 from models.checkpoint import resolve_device
 
 from .errors import ConfigError, PipelineError
@@ -66,27 +67,16 @@ class DetectorConfig:
     device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
     """
 
-    min_face_size: int = 20
-    thresholds: tuple = (0.6, 0.7, 0.7)
-    factor: float = 0.709
-    max_side: int | None = 1280
+    min_face_size: int = setting(20, lo=1)
+    thresholds: tuple = setting((0.6, 0.7, 0.7), lo=0.0, hi=1.0)
+    factor: float = setting(0.709, gt=0.0, lt=1.0)
+    max_side: int | None = setting(1280, lo=12)
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.min_face_size, (int, np.integer)) and self.min_face_size >= 1):
-            raise ConfigError(f"must be an integer >= 1, got {self.min_face_size!r}", key="min_face_size")
-        try:
-            self.thresholds = tuple(float(t) for t in self.thresholds)
-        except (TypeError, ValueError):
-            raise ConfigError(f"must be 3 numbers, got {self.thresholds!r}", key="thresholds") from None
-        if len(self.thresholds) != 3 or not all(0.0 <= t <= 1.0 for t in self.thresholds):
-            raise ConfigError(f"must be 3 numbers in [0, 1], got {self.thresholds!r}", key="thresholds")
-        if not (isinstance(self.factor, (int, float)) and 0.0 < self.factor < 1.0):
-            raise ConfigError(f"must be in (0, 1), got {self.factor!r}", key="factor")
-        if self.max_side is not None and not (isinstance(self.max_side, (int, np.integer)) and self.max_side >= 12):
-            raise ConfigError(f"must be an integer >= 12 or None, got {self.max_side!r}", key="max_side")
-        if not isinstance(self.device, str):
-            raise ConfigError(f"must be a string, got {self.device!r}", key="device")
+        validate(self)
+        if len(self.thresholds) != 3:
+            raise ConfigError(f"must be 3 numbers in [0, 1], got {list(self.thresholds)!r}", key="thresholds")
 
 
 # --- the three networks (layer names match the shipped state dicts) --------------------------

@@ -19,6 +19,8 @@ from typing import Sequence
 
 import numpy as np
 
+from common.config import setting, validate
+from models.arasfsr import NonFiniteOutput
 from models.data import resize
 from pipeline.errors import ConfigError
 from pipeline.records import AlignedFace, EnhancedFace
@@ -31,23 +33,16 @@ METHODS = ("arasfsr", "bicubic")
 
 @dataclass
 class EnhancerConfig:
-    method: str = "arasfsr"
+    method: str = setting("arasfsr", choices=METHODS)
     weights: str = "models/weights/arasfsr_paper.safetensors"  # best for a recognizer: models/weights/README.md
-    output_size: int = 112
+    output_size: int = setting(112, lo=8, hi=1024)
     device: str = "auto"
-    batch_size: int = 32
-    max_queries: int = 16384
-    amp: str | None = None
+    batch_size: int = setting(32, lo=1)
+    max_queries: int = setting(16384, lo=1)
+    amp: str | None = setting(None, choices=("bf16", "fp16"))
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"enhance.method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not isinstance(self.output_size, int) or not 8 <= self.output_size <= 1024:
-            raise ConfigError(f"enhance.output_size must be an integer in [8, 1024], got {self.output_size!r}")
-        if self.batch_size < 1 or self.max_queries < 1:
-            raise ConfigError("enhance.batch_size and enhance.max_queries must be >= 1")
-        if self.amp not in (None, "bf16", "fp16"):
-            raise ConfigError(f"enhance.amp must be bf16, fp16 or null, got {self.amp!r}")
+        validate(self)
 
 
 def bicubic(crop: np.ndarray, size: int) -> np.ndarray:
@@ -57,11 +52,16 @@ def bicubic(crop: np.ndarray, size: int) -> np.ndarray:
 
 
 class Enhancer:
-    """Pipeline stage: list[AlignedFace] -> list[EnhancedFace] (same order), each at output_size."""
+    """Pipeline stage: list[AlignedFace] -> list[EnhancedFace] (same order), each at output_size.
+
+    A face whose model output is not finite (NaN/Inf, e.g. an fp16 overflow under `amp`) is written
+    with bicubic instead, its record saying so (method "bicubic"), and counted in `fallbacks`: one
+    bad batch must not end a live run, and a black face must never be written as if it were SR."""
 
     def __init__(self, config: EnhancerConfig | None = None) -> None:
         self.config = config or EnhancerConfig()
         self.model = None
+        self.fallbacks = 0  # faces written with bicubic because the model's output was not finite
         if self.config.method == "arasfsr":
             from models import CheckpointError, load_model, resolve_device
 
@@ -91,6 +91,7 @@ class Enhancer:
     def __call__(self, faces: Sequence[AlignedFace]) -> list[EnhancedFace]:
         size = self.config.output_size
         out: list[np.ndarray | None] = [None] * len(faces)
+        method = [self.name] * len(faces)
         by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, face in enumerate(faces):
             if self.uses_model(face):
@@ -101,12 +102,27 @@ class Enhancer:
             for start in range(0, len(indices), self.config.batch_size):
                 chunk = indices[start:start + self.config.batch_size]
                 for i, sr in zip(chunk, self._upscale([faces[i].crop for i in chunk])):
+                    if sr is None:
+                        sr, method[i] = bicubic(faces[i].crop, size), "bicubic"
+                        self._fell_back(faces[i])
                     out[i] = sr
-        return [EnhancedFace(face=f, sr=sr, scale=size / max(f.crop.shape[:2]), method=self.name)
-                for f, sr in zip(faces, out)]
+        return [EnhancedFace(face=f, sr=sr, scale=size / max(f.crop.shape[:2]), method=m)
+                for f, sr, m in zip(faces, out, method)]
 
-    def _upscale(self, crops: list[np.ndarray]) -> np.ndarray:
-        """Equal-size BGR uint8 crops -> N x S x S x 3 BGR uint8 through the model."""
+    def _upscale(self, crops: list[np.ndarray]) -> list[np.ndarray | None]:
+        """Equal-size BGR uint8 crops -> S x S x 3 BGR uint8 each through the model (None where the
+        model's output is not finite)."""
         size = self.config.output_size
-        sr = self.model.upscale_uint8(np.stack(crops)[..., ::-1], (size, size), amp=self.config.amp)  # RGB model
-        return np.ascontiguousarray(sr[..., ::-1])
+        try:
+            sr = self.model.upscale_uint8(np.stack(crops)[..., ::-1], (size, size), amp=self.config.amp)  # RGB model
+            finite = [True] * len(crops)
+        except NonFiniteOutput as exc:
+            sr, finite = exc.images, exc.finite.tolist()
+        return [np.ascontiguousarray(img[..., ::-1]) if ok else None for img, ok in zip(sr, finite)]
+
+    def _fell_back(self, face: AlignedFace) -> None:
+        self.fallbacks += 1
+        if self.fallbacks == 1 or self.fallbacks % 100 == 0:  # the first, then a reminder: never a flood
+            log.warning("model output not finite (NaN/Inf) for track %d frame %d: written with bicubic "
+                        "(%d face(s) so far; counted in summary.json)", face.track_id, face.frame_index,
+                        self.fallbacks)

@@ -321,7 +321,7 @@ class Runner:
                     matcher.close()
             if self._error is not None:
                 raise self._error
-            summary = self._summary(src, start, sink)
+            summary = self._summary(src, start, sink, enhancer)
             sink.write_summary(summary)
         if cfg.output.report:
             from pipeline.report import write_report
@@ -374,7 +374,7 @@ class Runner:
     def _progress(self, src):
         if src.is_live or not self.config.runtime.progress:
             return None
-        return tqdm(total=src.frame_count, unit="frame", desc=Path(str(self.source_spec)).name, dynamic_ncols=True)
+        return tqdm(total=src.frame_count, unit="frame", desc=Path(src.name).name, dynamic_ncols=True)
 
     def _log_live(self, src, start: float) -> None:
         elapsed = time.perf_counter() - start
@@ -382,17 +382,18 @@ class Runner:
                  self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
                  src.stats.dropped, src.stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
 
-    def _summary(self, src, start: float, sink: DiskSink) -> dict[str, Any]:
+    def _summary(self, src, start: float, sink: DiskSink, enhancer: Enhancer) -> dict[str, Any]:
         wall = time.perf_counter() - start
         processed = self.counts["frames_processed"]
         return {
             # A worker's failure also sets stop, but then the run raises it instead of writing a summary.
             "source": src.name, "live": src.is_live, "interrupted": self.stop.is_set(),
             "frames_decoded": src.stats.decoded, "frames_processed": processed, "frames_dropped": src.stats.dropped,
-            "frames_in_source": src.frame_count, "reconnects": src.stats.reconnects,
+            "frames_expected": src.frame_count, "truncated": src.truncated, "reconnects": src.stats.reconnects,
             "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
             "faces_written": self.counts["faces_written"],
             "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"], "tracks": len(sink.track_ids),
+            "faces_bicubic_fallback": enhancer.fallbacks,
             "enhance_method": self.config.enhance.method, "output_size": self.config.enhance.output_size,
             "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
             "stages": self.timer.summary(), "config": self.config.to_dict(),

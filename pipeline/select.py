@@ -20,20 +20,20 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from common.config import setting, validate
 from pipeline.errors import ConfigError
 from pipeline.records import AlignedFace
 
 
 @dataclass
 class SelectConfig:
-    min_face_size: int = 0
-    min_score: float = 0.0
-    every_k: int = 1
-    best_n: int = 0
+    min_face_size: int = setting(0, lo=0)
+    min_score: float = setting(0.0, lo=0.0, hi=1.0)
+    every_k: int = setting(1, lo=0)
+    best_n: int = setting(0, lo=0)
 
     def __post_init__(self) -> None:
-        if self.every_k < 0 or self.best_n < 0 or self.min_face_size < 0:
-            raise ConfigError("select.every_k, select.best_n and select.min_face_size must be >= 0")
+        validate(self)
         if self.every_k == 0 and self.best_n == 0:
             raise ConfigError("select: every_k and best_n are both 0, so no face would ever be emitted")
 

@@ -29,7 +29,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -37,6 +37,8 @@ import av
 import cv2
 import numpy as np
 
+from common.config import setting, validate
+from common.redact import mask_secrets
 from pipeline.errors import SourceError
 from pipeline.files import IMAGE_SUFFIXES, is_image_file
 from pipeline.records import Frame
@@ -47,17 +49,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SourceConfig:
-    queue_size: int = 64
+    queue_size: int = setting(64, lo=1)
     # Consecutive failed (re)connection attempts allowed before giving up.
     # None: unlimited for live sources (a camera may come back), 0 for files and folders.
-    reconnect_attempts: int | None = None
-    backoff_initial: float = 0.5  # seconds before the first retry, doubled per failure
-    backoff_max: float = 10.0
-    open_timeout: float = 5.0  # seconds to connect / open
-    read_timeout: float = 5.0  # seconds without data before a live stream counts as lost
-    fps_hint: float | None = None  # folders: pts_time = index / fps_hint (None: pts_time None)
-    rtsp_transport: str = "tcp"  # TCP: no UDP packet loss / NAT trouble on CCTV networks
-    options: dict[str, str] = field(default_factory=dict)  # extra FFmpeg options (e.g. video_size)
+    reconnect_attempts: int | None = setting(None, lo=0)
+    backoff_initial: float = setting(0.5, lo=0.0)  # seconds before the first retry, doubled per failure
+    backoff_max: float = setting(10.0, lo=0.0)
+    open_timeout: float = setting(5.0, gt=0.0)  # seconds to connect / open
+    read_timeout: float = setting(5.0, gt=0.0)  # seconds without data before a live stream counts as lost
+    fps_hint: float | None = setting(None, gt=0.0)  # folders: pts_time = index / fps_hint (None: pts_time None)
+    # TCP: no UDP packet loss / NAT trouble on CCTV networks; the others are FFmpeg's rtsp_transport values
+    rtsp_transport: str = setting("tcp", choices=("tcp", "udp", "udp_multicast", "http", "https"))
+    options: dict[str, str] = setting(factory=dict)  # extra FFmpeg options (e.g. video_size)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
@@ -127,9 +133,19 @@ class FrameQueue:
         return len(self._items)
 
 
-def _redact(spec: str) -> str:
-    """Hide a password in rtsp://user:password@host URLs (messages end up in logs)."""
-    return re.sub(r"^(\w+://[^:/@]+):[^@/]*@", r"\1:***@", spec)
+_ROTATE = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+
+def _frames_from_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                          fps: float | None) -> int | None:
+    """A file's frame count estimated from its duration (containers without a frame index, e.g. MKV)."""
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    elif container.duration:
+        seconds = container.duration / av.time_base
+    else:
+        return None
+    return round(seconds * fps) or None if fps else None
 
 
 def _natural_key(p: Path) -> list:
@@ -139,25 +155,31 @@ def _natural_key(p: Path) -> list:
 
 def _ffmpeg_message(e: Exception) -> str:
     # PyAV errors read "[Errno 1094995529] Invalid data found when processing input: 'path'";
-    # keep the words, we name the source ourselves.
+    # keep the words, we name the source ourselves (masked: a message may quote the URL).
     msg = getattr(e, "strerror", None) or str(e)
-    return str(msg).strip().rstrip(".")
+    return mask_secrets(str(msg)).strip().rstrip(".")
 
 
 class VideoSource:
     """An iterator of `Frame` fed by a reader thread. Use `open_source` to make one."""
 
     def __init__(self, spec: str, config: SourceConfig | None = None) -> None:
-        self.spec = spec
+        # A URL pasted with spaces around it is still that URL (a file name keeps its spaces).
+        self.spec = spec.strip() if "://" in spec else spec
         self.config = config or SourceConfig()
-        self.name = _redact(spec)
+        self.name = mask_secrets(self.spec)  # the only form of the spec that is shown or written
         self.stats = SourceStats()
-        self.kind = self._kind(spec)
+        self.kind = self._kind(self.spec)
         self.is_live = self.kind in ("rtsp", "webcam")
         attempts = self.config.reconnect_attempts
         self._attempts: int | None = attempts if attempts is not None else (None if self.is_live else 0)
         self.fps: float | None = None
+        # Frames the source should give: the container's count, else its duration x fps (then
+        # approximate), the number of images of a folder; None for live sources.
         self.frame_count: int | None = None
+        self._count_exact = True
+        self.truncated = False  # a file that ended before its expected frame count (or on a read error)
+        self._rotation_seen = 0
         self.width: int | None = None
         self.height: int | None = None
         self._images: list[Path] = []
@@ -282,7 +304,9 @@ class VideoSource:
         stream.thread_type = "SLICE" if self.is_live else "AUTO"
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
-        self.frame_count = None if self.is_live else (stream.frames or None)  # 0 = unknown
+        self.frame_count = None if self.is_live else (stream.frames or _frames_from_duration(container, stream,
+                                                                                             self.fps))
+        self._count_exact = bool(stream.frames)
         self.width, self.height = stream.codec_context.width or None, stream.codec_context.height or None
         return container
 
@@ -298,7 +322,7 @@ class VideoSource:
             self._error = e
         except Exception as e:  # a bug or an unexpected library error: still one line to the user
             log.exception("%s: reader failed", self.name)
-            self._error = SourceError(f"{self.name}: read failed ({type(e).__name__}: {e})")
+            self._error = SourceError(f"{self.name}: read failed ({type(e).__name__}: {mask_secrets(str(e))})")
         finally:
             self._queue.finish()
 
@@ -353,13 +377,7 @@ class VideoSource:
             if self._stop.is_set():
                 return
             if not self.is_live:
-                if problem:
-                    if self.stats.decoded == 0:
-                        raise SourceError(f"{self.name}: no decodable video frames ({problem})")
-                    log.warning("%s: stopped after %d frames: %s (truncated or damaged file?)",
-                                self.name, self.stats.decoded, problem)
-                elif self.stats.decoded == 0:
-                    raise SourceError(f"{self.name}: no decodable video frames")
+                self._check_complete(problem)
                 return
             if self.stats.decoded > before:
                 failures = 0
@@ -367,6 +385,31 @@ class VideoSource:
             if not self._retry(failures, f"stream lost ({problem or 'end of stream'})"):
                 raise SourceError(f"{self.name}: stream lost and reconnect attempts exhausted "
                                   f"({problem or 'end of stream'})")
+
+    def _check_complete(self, problem: str | None) -> None:
+        """After a file was read to its end: no frame at all is an error; fewer frames than the
+        container announces (a file cut short, e.g. a copy that did not finish) is a warning and
+        `truncated`, since the run then silently covers only part of the video."""
+        decoded, expected = self.stats.decoded, self.frame_count
+        if decoded == 0:
+            raise SourceError(f"{self.name}: no decodable video frames" + (f" ({problem})" if problem else ""))
+        # a count estimated from the duration may be off by a frame or two
+        slack = 0 if self._count_exact else max(1, round(0.01 * (expected or 0)))
+        self.truncated = bool(problem) or (expected is not None and decoded < expected - slack)
+        if self.truncated:
+            log.warning("%s: decoded %d of %s frames expected%s; the file is truncated or damaged and the run "
+                        "covers only the frames decoded", self.name, decoded, expected if expected else "?",
+                        f" ({problem})" if problem else "")
+
+    def _upright(self, frame: av.VideoFrame) -> np.ndarray:
+        """The frame as players show it: phones store video sideways with a display-matrix rotation
+        (counter-clockwise degrees); the detector needs faces upright. Flips in the matrix are ignored."""
+        image = frame.to_ndarray(format="bgr24")
+        turns = round(frame.rotation / 90) % 4
+        if turns and turns != self._rotation_seen:
+            self._rotation_seen = turns
+            log.info("%s: rotation tag of %d degrees: frames are turned upright", self.name, frame.rotation)
+        return cv2.rotate(image, _ROTATE[turns]) if turns else image
 
     def _decode(self, container: av.container.InputContainer) -> str | None:
         """Decode until the end of the stream, a read error or stop(); returns the problem, if any."""
@@ -381,7 +424,7 @@ class VideoSource:
                     log.debug("%s: skipped a corrupt packet: %s", self.name, _ffmpeg_message(e))
                     continue
                 for frame in frames:
-                    if not self._emit(frame.to_ndarray(format="bgr24"), frame.time):
+                    if not self._emit(self._upright(frame), frame.time):
                         return None
         except av.error.ExitError:  # PyAV's read timeout fired
             return f"no data for {self.config.read_timeout:g} s"

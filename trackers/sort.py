@@ -62,6 +62,7 @@ import numpy as np
 from filterpy.kalman import KalmanFilter
 from scipy.optimize import linear_sum_assignment
 
+from common.config import setting, validate
 from pipeline.errors import ConfigError
 from pipeline.records import Detection, TrackEnd, TrackState, TrackUpdate
 
@@ -86,28 +87,19 @@ class TrackerConfig:
     stride: the detector runs on every `stride`-th video frame.
     """
 
-    iou_threshold: float = 0.3
-    buffer: float = 0.5
-    low_iou_threshold: float = 0.5
-    high_thresh: float = 0.95
-    low_thresh: float = 0.7
-    min_hits: int = 3
-    max_age: int = 30
-    stride: int = 1
+    iou_threshold: float = setting(0.3, gt=0.0, hi=1.0)
+    buffer: float = setting(0.5, lo=0.0)
+    low_iou_threshold: float = setting(0.5, gt=0.0, hi=1.0)
+    high_thresh: float = setting(0.95, lo=0.0, hi=1.0)
+    low_thresh: float = setting(0.7, lo=0.0, hi=1.0)
+    min_hits: int = setting(3, lo=1)
+    max_age: int = setting(30, lo=1)
+    stride: int = setting(1, lo=1)
 
     def __post_init__(self) -> None:
-        for key in ("iou_threshold", "low_iou_threshold"):
-            if not 0.0 < getattr(self, key) <= 1.0:
-                raise ConfigError(f"must be in (0, 1], got {getattr(self, key)!r}", key)
-        if not 0.0 <= self.high_thresh <= 1.0:
-            raise ConfigError(f"must be in [0, 1], got {self.high_thresh!r}", "high_thresh")
-        if not 0.0 <= self.low_thresh <= self.high_thresh:
+        validate(self)
+        if self.low_thresh > self.high_thresh:
             raise ConfigError(f"must be in [0, high_thresh={self.high_thresh!r}], got {self.low_thresh!r}", "low_thresh")
-        if self.buffer < 0:
-            raise ConfigError(f"must be >= 0, got {self.buffer!r}", "buffer")
-        for key in ("min_hits", "max_age", "stride"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"must be an integer >= 1, got {getattr(self, key)!r}", key)
 
     @property
     def max_age_frames(self) -> int:

@@ -32,11 +32,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.identity import shrink_to_face_width  # noqa: E402  (the identity benchmark's probe scale)
 from common import cli  # noqa: E402
 from models.camera import CameraModel  # noqa: E402
-from models.data import resize  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.detect import DetectorConfig, MTCNNDetector  # noqa: E402
+from pipeline.files import is_image_file  # noqa: E402
+from trackers.sort import iou_matrix  # noqa: E402
 
 LFW = ROOT.parent / "shared/data/identity/lfw_dev"
 WIDTHS = (12, 16, 24)
@@ -53,44 +55,29 @@ class Probe:
 def load_probes(root: Path = LFW, n: int = 200) -> list[Probe]:
     """N photos with a dlib face: first photo per person, people sorted, N evenly spread over them
     (people without a dlib face are replaced by the next ones in the same stride order)."""
-    import dlib
+    from pipeline.recognition import DlibEmbedder
 
     people = sorted(p for p in Path(root).iterdir() if p.is_dir())
-    firsts = [min(f for f in p.iterdir() if f.suffix.lower() in {".jpg", ".jpeg", ".png"}) for p in people]
+    firsts = [min(f for f in p.iterdir() if is_image_file(f)) for p in people]
     step = max(1, len(firsts) // n)
     order = [firsts[i] for offset in range(step) for i in range(offset, len(firsts), step)]
-    hog = dlib.get_frontal_face_detector()
+    reference = DlibEmbedder(realign=False)  # the identity benchmark's reference face box
     probes: list[Probe] = []
     for path in order:
         if len(probes) == n:
             break
-        rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-        rects = hog(rgb, 1)
-        if not rects:
-            continue
-        r = max(rects, key=lambda r: r.width() * r.height())
-        probes.append(Probe(str(path), (float(r.left()), float(r.top()), float(r.right() + 1), float(r.bottom() + 1))))
+        box = reference.face_box(cv2.imread(str(path), cv2.IMREAD_COLOR))
+        if box is not None:
+            probes.append(Probe(str(path), tuple(float(v) for v in box)))
     return probes
 
 
 def make_image(probe: Probe, width: int, cam: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The probe photo shrunk so its face box is `width` px wide, through the camera model.
     Returns (BGR uint8 image, expected box xyxy in its pixels)."""
-    bgr = cv2.imread(probe.path, cv2.IMREAD_COLOR)
-    s = width / (probe.box[2] - probe.box[0])
-    h, w = max(1, round(bgr.shape[0] * s)), max(1, round(bgr.shape[1] * s))
-    small = resize(bgr, (h, w), "bicubic")
-    sy, sx = h / bgr.shape[0], w / bgr.shape[1]
-    box = np.array(probe.box) * [sx, sy, sx, sy]
+    small, box = shrink_to_face_width(cv2.imread(probe.path, cv2.IMREAD_COLOR), probe.box, width)
     rng = np.random.default_rng([seed, zlib.crc32(f"{Path(probe.path).name}|{width}|{cam}".encode())])
     return CameraModel.parse(cam)(small, rng), box
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def make_grid(probes: list[Probe], widths=WIDTHS, cams=CAMS, seed: int = 0) -> dict:
@@ -107,7 +94,7 @@ def evaluate(detector: MTCNNDetector, grid: dict) -> dict:
             t0 = time.perf_counter()
             [faces] = detector.detect([image])
             seconds += time.perf_counter() - t0
-            hits = [bool(iou(f.box, box) > IOU_FOUND) for f in faces]
+            hits = (iou_matrix(np.array([f.box for f in faces]).reshape(-1, 4), box[None]).ravel() > IOU_FOUND).tolist()
             found += any(hits)
             false += len(hits) - sum(hits)
         cells[f"{width}/{cam}"] = {"width": width, "cam": cam, "n": len(items), "found": found,

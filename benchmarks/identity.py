@@ -67,6 +67,7 @@ from models.camera import CameraModel  # noqa: E402
 from models.data import resize  # noqa: E402
 from pipeline.errors import ConfigError, PipelineError, SinkError, SourceError  # noqa: E402
 from pipeline.files import is_image_file  # noqa: E402
+from trackers.sort import iou_matrix  # noqa: E402
 
 log = logging.getLogger("benchmarks.identity")
 
@@ -226,15 +227,6 @@ def shrink_to_face_width(photo: np.ndarray, box: Sequence[float],
     return small, box * [sx, sy, sx, sy]
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two xyxy boxes."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 @dataclass
 class Probe:
     """One probe photo in one cell, up to the aligned LR crop (None when lost by detection)."""
@@ -268,7 +260,7 @@ def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector
     small, expected = shrink_to_face_width(photo_bgr, box, cell.width)
     frame = cell.camera(small, probe_rng(name, cell.name, seed))
     faces = detector.detect([frame])[0]
-    overlaps = [iou(f.box, expected) for f in faces]
+    overlaps = iou_matrix(np.array([f.box for f in faces]).reshape(-1, 4), expected[None]).ravel().tolist()
     best = int(np.argmax(overlaps)) if overlaps else -1
     if best < 0 or overlaps[best] <= IOU_FOUND:
         return Probe(name, cell.name, frame.shape[:2], None, max(overlaps, default=0.0), None)

@@ -25,6 +25,7 @@ from pipeline.detect import (
     summed_area_table,
     weights_dir,
 )
+from trackers.sort import iou_matrix
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.records import Detection
 
@@ -312,9 +313,7 @@ def _astronaut_face_at(astronaut: np.ndarray, width: int, quality: int) -> tuple
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return iw * ih / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih)
+    return float(iou_matrix(np.asarray([a], float), np.asarray([b], float))[0, 0])
 
 
 @pytest.mark.parametrize("width,quality", [(11, 60), (12, 50)])

@@ -305,6 +305,10 @@ class Runner:
                         self._log_live(src, start)
                     if cfg.runtime.max_frames and self.counts["frames_processed"] >= cfg.runtime.max_frames:
                         break
+                stopped = self.stop.is_set() and self._error is None
+                if stopped and src.is_live and not src.stats.decoded and self.source_error is None:
+                    # Not a normal end: the camera never answered, so the run has nothing to show for it.
+                    self.source_error = SourceError(f"{src.name}: stopped before the source delivered any frame")
                 tracker.finish()  # tracks still alive end like any other
                 if ended := self._ended(tracker, selector):
                     self._put(to_enhance, ended)

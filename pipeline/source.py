@@ -5,7 +5,9 @@ Each source runs one reader thread that decodes into a bounded queue:
 * files and folders never lose a frame: when the consumer is slower the reader blocks (back-pressure);
 * live sources (``rtsp://``, ``webcam:N``) drop the OLDEST queued frames instead, so the consumer
   always sees recent video; ``stats.dropped`` counts them. RTSP reconnects with exponential
-  back-off when the stream is lost (``stats.reconnects``).
+  back-off when the stream is lost (``stats.reconnects``). A live source that has not delivered its
+  first frame within ``first_frame_timeout`` fails instead (a wrong address must not retry forever);
+  the failure comes at most about one ``open_timeout`` / ``read_timeout`` after the deadline.
 
 ``Frame.index`` counts decoded frames from 0, across reconnects. ``Frame.pts_time`` is the
 stream's presentation time in seconds (None when unknown, e.g. the first RTSP frame; it restarts
@@ -57,6 +59,10 @@ class SourceConfig:
     backoff_max: float = setting(10.0, lo=0.0)
     open_timeout: float = setting(5.0, gt=0.0)  # seconds to connect / open
     read_timeout: float = setting(5.0, gt=0.0)  # seconds without data before a live stream counts as lost
+    # Live sources: seconds to wait for the FIRST frame (None: forever). A camera that has never
+    # delivered is most likely a wrong address, so it fails; once it has delivered, it reconnects
+    # as `reconnect_attempts` allows.
+    first_frame_timeout: float | None = setting(30.0, gt=0.0)
     fps_hint: float | None = setting(None, gt=0.0)  # folders: pts_time = index / fps_hint (None: pts_time None)
     # TCP: no UDP packet loss / NAT trouble on CCTV networks; the others are FFmpeg's rtsp_transport values
     rtsp_transport: str = setting("tcp", choices=("tcp", "udp", "udp_multicast", "http", "https"))
@@ -186,6 +192,7 @@ class VideoSource:
         self._container: av.container.InputContainer | None = None
         self._error: SourceError | None = None
         self._stop = threading.Event()
+        self._started = time.monotonic()  # the first-frame deadline counts from here
         self._queue = FrameQueue(self.config.queue_size, drop_oldest=self.is_live)
 
         # Open files, folders and webcams now so a bad input fails at once with a clear message;
@@ -433,15 +440,31 @@ class VideoSource:
         return None
 
     def _retry(self, failures: int, reason: str) -> bool:
-        """Sleep the back-off for the `failures`-th consecutive failure; False if out of attempts."""
+        """Sleep the back-off for the `failures`-th consecutive failure; False if out of attempts.
+        Raises SourceError when a live source has not delivered a frame by `first_frame_timeout`."""
         limit = self._attempts
         if self._stop.is_set() or (limit is not None and failures > limit):
             return False
         cfg = self.config
-        delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+        delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1), self._first_frame_left(reason))
         log.warning("%s: %s; retry %d/%s in %.1f s", self.name, reason, failures,
                     "unlimited" if limit is None else limit, delay)
-        return not self._stop.wait(delay)
+        if self._stop.wait(delay):
+            return False
+        self._first_frame_left(reason)
+        return True
+
+    def _first_frame_left(self, reason: str) -> float:
+        """Seconds left for a live source to deliver its first frame (inf once it has, or without a
+        limit); SourceError naming the last problem when none are left."""
+        timeout = self.config.first_frame_timeout
+        if not self.is_live or timeout is None or self.stats.decoded:
+            return float("inf")
+        left = timeout - (time.monotonic() - self._started)
+        if left <= 0:
+            raise SourceError(f"{self.name}: no video frame within {timeout:g} s ({reason}); check the address "
+                              "and that the camera is on, or raise source.first_frame_timeout")
+        return left
 
 
 def open_source(spec: str | Path, config: SourceConfig | None = None) -> VideoSource:

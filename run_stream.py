@@ -55,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(config, args.source, out_dir)
     install_signal_handlers(runner)
     summary = runner.run()
+    lost = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in summary["faces_not_written"].items() if n)
     print(f"{summary['frames_processed']} frames, {summary['faces_detected']} faces detected, "
           f"{summary['faces_written']} faces in {summary['tracks']} tracks written to {out_dir} "
-          f"({summary['fps']} fps); open {out_dir / 'index.html'}")
+          f"{f'(not written: {lost}) ' if lost else ''}({summary['fps']} fps); open {out_dir / 'index.html'}")
     return 0  # also after one SIGINT/SIGTERM: stopping a live stream that way is the normal end of a run
 
 

@@ -9,6 +9,9 @@ Each source runs one reader thread that decodes into a bounded queue:
   first frame within ``first_frame_timeout`` fails instead (a wrong address must not retry forever);
   the failure comes at most about one ``open_timeout`` / ``read_timeout`` after the deadline.
 
+A folder is read either as unrelated photos or as the frames of one video (``source.folder_mode``,
+``VideoSource.folder_mode``); each of its frames carries its image's file name (``Frame.source_file``).
+
 ``Frame.index`` counts decoded frames from 0, across reconnects. ``Frame.pts_time`` is the
 stream's presentation time in seconds (None when unknown, e.g. the first RTSP frame; it restarts
 after an RTSP reconnect, so order frames by ``index``). Problems the user can fix (missing file,
@@ -64,6 +67,9 @@ class SourceConfig:
     # as `reconnect_attempts` allows.
     first_frame_timeout: float | None = setting(30.0, gt=0.0)
     fps_hint: float | None = setting(None, gt=0.0)  # folders: pts_time = index / fps_hint (None: pts_time None)
+    # Folders: "photos" (unrelated images: nothing is tracked from one to the next), "sequence" (the
+    # frames of a video), or "auto": a sequence when the names are numbered frames (see `is_frame_sequence`).
+    folder_mode: str = setting("auto", choices=("auto", "photos", "sequence"))
     # TCP: no UDP packet loss / NAT trouble on CCTV networks; the others are FFmpeg's rtsp_transport values
     rtsp_transport: str = setting("tcp", choices=("tcp", "udp", "udp_multicast", "http", "https"))
     options: dict[str, str] = setting(factory=dict)  # extra FFmpeg options (e.g. video_size)
@@ -159,6 +165,25 @@ def _natural_key(p: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
+def is_frame_sequence(names: list[str]) -> bool:
+    """True when file names look like the frames of one video: at least two, all the same text around
+    one number, the numbers evenly spaced (frame_000001.png, frame_000002.png, ... or every n-th).
+
+    A gap, a second naming pattern or a name without a number means a collection of photos.
+
+    >>> is_frame_sequence(["frame_0001.png", "frame_0002.png", "frame_0003.png"])
+    True
+    >>> is_frame_sequence(["1.jpg", "2.jpg", "5.jpg", "party.jpg"])
+    False
+    """
+    parts = [re.fullmatch(r"(.*?)(\d+)(\D*)", n) for n in names]
+    if len(names) < 2 or not all(parts) or len({(m[1], m[3].lower()) for m in parts}) != 1:
+        return False
+    numbers = sorted(int(m[2]) for m in parts)
+    steps = {b - a for a, b in zip(numbers, numbers[1:])}
+    return len(steps) == 1 and steps != {0}
+
+
 def _ffmpeg_message(e: Exception) -> str:
     # PyAV errors read "[Errno 1094995529] Invalid data found when processing input: 'path'";
     # keep the words, we name the source ourselves (masked: a message may quote the URL).
@@ -186,6 +211,8 @@ class VideoSource:
         self._count_exact = True
         self.truncated = False  # a file that ended before its expected frame count (or on a read error)
         self._rotation_seen = 0
+        # Folders: "photos" or "sequence" (source.folder_mode, "auto" resolved); None for videos and cameras.
+        self.folder_mode: str | None = None
         self.width: int | None = None
         self.height: int | None = None
         self._images: list[Path] = []
@@ -264,6 +291,12 @@ class VideoSource:
             raise SourceError(f"{self.name}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
         self.frame_count = len(self._images)
         self.fps = self.config.fps_hint
+        mode = self.config.folder_mode
+        if mode == "auto":
+            mode = "sequence" if is_frame_sequence([p.name for p in self._images]) else "photos"
+        self.folder_mode = mode
+        log.info("%s: %d images, read as %s", self.name, len(self._images),
+                 "the frames of one video" if mode == "sequence" else "unrelated photos (no tracking across them)")
 
     def _open(self) -> av.container.InputContainer:
         """Open the container for this source; SourceError with one line on failure."""
@@ -333,8 +366,9 @@ class VideoSource:
         finally:
             self._queue.finish()
 
-    def _emit(self, image: np.ndarray, pts_time: float | None) -> bool:
-        frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name)
+    def _emit(self, image: np.ndarray, pts_time: float | None, source_file: str | None = None) -> bool:
+        frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name,
+                      source_file=source_file)
         self.stats.decoded += 1
         ok = self._queue.put(frame)
         self.stats.dropped = self._queue.dropped
@@ -350,7 +384,7 @@ class VideoSource:
                 self.stats.errors += 1
                 log.warning("%s: skipping unreadable image %s", self.name, path.name)
                 continue
-            if not self._emit(image, self.stats.decoded / fps if fps else None):
+            if not self._emit(image, self.stats.decoded / fps if fps else None, path.name):
                 return
         if self.stats.decoded == 0:
             raise SourceError(f"{self.name}: none of the {len(self._images)} images could be read")

@@ -111,3 +111,80 @@ def test_cli_stopped_while_waiting_for_a_silent_camera_is_not_a_success(tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["frames_decoded"] == 0
     assert summary["error"] and "stopped before the source delivered any frame" in summary["error"]
+
+
+# -- folders: unrelated photos or the frames of a video --------------------------------------------
+@pytest.mark.parametrize("names, sequence", [
+    (["frame_000001.png", "frame_000002.png", "frame_000003.png"], True),
+    (["0.jpg", "2.jpg", "4.jpg", "6.jpg"], True),  # every 2nd frame of a video
+    (["img10.png", "img8.png", "img9.png"], True),  # order of listing does not matter
+    (["1.jpg", "2.jpg", "3.jpg", "5.jpg"], False),  # a gap: photos picked from a larger set
+    (["1.jpg", "2.jpg", "party.jpg"], False),
+    (["a1.jpg", "b2.jpg"], False),
+    (["frame_1.png", "frame_2.jpg"], False),
+    (["frame_1.png"], False),
+])
+def test_numbered_frames_are_told_from_photos(names, sequence):
+    from pipeline.source import is_frame_sequence
+
+    assert is_frame_sequence(names) is sequence
+
+
+def write_photos(folder: Path, names: list[str]) -> list[str]:
+    """One astronaut face per image, at nearly the same place in each (so a tracker would link them)."""
+    import cv2
+
+    from pipeline.demo import demo_frames
+
+    folder.mkdir()
+    for name, image in zip(names, demo_frames(60, size=(320, 240), face_from=60, face_to=40)):
+        cv2.imwrite(str(folder / name), image)
+    return names
+
+
+def run_folder(folder: Path, out: Path, *overrides: str) -> tuple[str, dict, list[dict]]:
+    sets = [a for s in ("enhance.method=bicubic", "output.save_comparison=false", *overrides) for a in ("--set", s)]
+    res = subprocess.run([sys.executable, str(ROOT / "run_stream.py"), "--source", str(folder), "--out", str(out),
+                          "-q", *sets], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    # Every detected face is either written or counted under the reason it was not.
+    assert summary["faces_detected"] == summary["faces_written"] + sum(summary["faces_not_written"].values())
+    lines = [json.loads(line) for line in (out / "tracks.jsonl").read_text().splitlines()]
+    return res.stdout, summary, lines
+
+
+def test_folder_of_photos_writes_every_face_with_its_file_name(tmp_path):
+    names = write_photos(tmp_path / "photos", ["beach.jpg", "IMG_7.jpg", "party.png", "zoo.jpg"])
+    _, summary, lines = run_folder(tmp_path / "photos", tmp_path / "out")
+    faces = [r for r in lines if r["type"] == "face"]
+    assert summary["folder_mode"] == "photos"
+    assert summary["faces_detected"] == summary["faces_written"] == len(faces) == 4
+    assert sorted(r["source_file"] for r in faces) == sorted(names)
+    assert len({r["track_id"] for r in faces}) == 4  # nothing linked across photos
+    assert [r["reason"] for r in lines if r["type"] == "track_end"] == ["photo"] * 4
+
+    from pipeline.run_folder import load_run
+
+    assert sorted(f.source_file for f in load_run(tmp_path / "out").faces) == sorted(names)
+
+
+def test_frame_sequence_is_tracked_and_the_faces_not_written_are_explained(tmp_path):
+    write_photos(tmp_path / "frames", [f"frame_{i:04d}.png" for i in range(4)])
+    stdout, summary, lines = run_folder(tmp_path / "frames", tmp_path / "out")
+    faces = [r for r in lines if r["type"] == "face"]
+    assert summary["folder_mode"] == "sequence"
+    assert len({r["track_id"] for r in faces}) == 1
+    assert [r["source_file"] for r in faces] == ["frame_0002.png", "frame_0003.png"]
+    # the first two faces came before the track was confirmed (track.min_hits=3)
+    assert summary["faces_detected"] == 4 and summary["faces_not_written"]["unconfirmed_track"] == 2
+    assert "4 faces detected, 2 faces in 1 tracks written" in stdout and "(not written: 2 unconfirmed track)" in stdout
+
+
+def test_folder_mode_option_overrides_the_names(tmp_path):
+    write_photos(tmp_path / "frames", [f"frame_{i:04d}.png" for i in range(3)])
+    stdout, summary, _ = run_folder(tmp_path / "frames", tmp_path / "out", "source.folder_mode=photos",
+                                    "select.min_face_size=1000")
+    assert summary["folder_mode"] == "photos" and summary["faces_written"] == 0
+    assert summary["faces_not_written"]["too_small"] == 3 and "(not written: 3 too small)" in stdout

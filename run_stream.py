@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from common import cli
+from common import cli, memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    memory.tune_allocator()  # before any thread allocates: keeps RSS flat on long runs
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     return cli.run(lambda: run(args))

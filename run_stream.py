@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from common import cli
+from common import cli, memory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    memory.tune_allocator()  # before any thread allocates: keeps RSS flat on long runs
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     return cli.run(lambda: run(args))
@@ -55,9 +56,10 @@ def run(args: argparse.Namespace) -> int:
     runner = Runner(config, args.source, out_dir)
     install_signal_handlers(runner)
     summary = runner.run()
+    lost = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in summary["faces_not_written"].items() if n)
     print(f"{summary['frames_processed']} frames, {summary['faces_detected']} faces detected, "
           f"{summary['faces_written']} faces in {summary['tracks']} tracks written to {out_dir} "
-          f"({summary['fps']} fps); open {out_dir / 'index.html'}")
+          f"{f'(not written: {lost}) ' if lost else ''}({summary['fps']} fps); open {out_dir / 'index.html'}")
     return 0  # also after one SIGINT/SIGTERM: stopping a live stream that way is the normal end of a run
 
 

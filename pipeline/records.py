@@ -18,12 +18,14 @@ import numpy as np
 
 @dataclass
 class Frame:
-    """One decoded frame. `image` is H x W x 3 uint8 BGR; `pts_time` may be None (first RTSP frame)."""
+    """One decoded frame. `image` is H x W x 3 uint8 BGR; `pts_time` may be None (first RTSP frame);
+    `source_file`: the image's file name for a folder source (None for videos and cameras)."""
 
     index: int
     pts_time: float | None
     image: np.ndarray
     source_id: str = ""
+    source_file: str | None = None
 
 
 @dataclass
@@ -68,7 +70,8 @@ class TrackEnd:
     `frame_index`: the frame on which the end was decided; `first_frame` / `last_frame`: the first
     and last frames with a detection matched to the track; `faces_seen`: how many detections were
     matched to it; `reason`: "lost" (unmatched for `max_age` detection frames), "unconfirmed" (a
-    tentative track that missed a detection) or "stream_end" (still alive when the input ended).
+    tentative track that missed a detection), "stream_end" (still alive when the input ended) or
+    "photo" (a face of a folder of unrelated photos: every face is its own track, ended with its photo).
 
     Example:
         >>> TrackEnd(track_id=3, frame_index=90, first_frame=10, last_frame=60, faces_seen=51,
@@ -98,6 +101,7 @@ class AlignedFace:
     quality: float
     detection: Detection
     pts_time: float | None = None
+    source_file: str | None = None  # the Frame's
 
 
 @dataclass

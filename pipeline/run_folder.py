@@ -106,6 +106,7 @@ TRACK_RECORD_SCHEMA: dict = {
         "bicubic_image": {"type": ["string", "null"], "pattern": _IMAGE_PATTERN},
         "quality": {"type": ["number", "null"]},
         "method": {"type": "string", "minLength": 1},
+        "source_file": {"type": ["string", "null"]},
     },
 }
 
@@ -126,7 +127,7 @@ TRACK_END_SCHEMA: dict = {
         "faces_written": {"type": "integer", "minimum": 1},
         "best_quality": {"type": ["number", "null"]},
         "best_frame": _INT0,
-        "reason": {"type": "string", "pattern": "^(lost|unconfirmed|stream_end)$"},
+        "reason": {"type": "string", "pattern": "^(lost|unconfirmed|stream_end|photo)$"},
     },
 }
 
@@ -249,6 +250,7 @@ class FaceRecord(_Line):
     bicubic_image: str | None
     quality: float | None
     method: str
+    source_file: str | None = None  # the image's file name when the source is a folder of images
 
     @classmethod
     def of(cls, face: EnhancedFace, output_size: int, pts_time: float | None, comparison: bool) -> FaceRecord:
@@ -261,7 +263,8 @@ class FaceRecord(_Line):
             landmarks=[[_num(x, 2), _num(y, 2)] for x, y in np.asarray(a.detection.landmarks).reshape(5, 2)],
             det_score=_num(a.detection.score, 4), crop_size=int(a.crop_size), scale=_num(face.scale, 4),
             output_size=int(output_size), image=image, lr_image=lr_image if comparison else None,
-            bicubic_image=bicubic_image if comparison else None, quality=_num(a.quality, 4), method=face.method)
+            bicubic_image=bicubic_image if comparison else None, quality=_num(a.quality, 4), method=face.method,
+            source_file=a.source_file)
 
 
 @dataclass

@@ -29,13 +29,14 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
 import signal
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,18 @@ log = logging.getLogger(__name__)
 _DONE = object()
 #: Seconds one detector or enhancer call should take: about the longest a stop request waits for either.
 CALL_S = 0.5
+
+#: Why detected faces were not written (summary.json "faces_not_written"): each detection is counted once,
+#: so faces_detected = faces_written + the sum of these (for a run that was not cut short).
+NOT_WRITTEN_REASONS = (
+    "below_score",         # detection score under track.low_thresh, or under select.min_score
+    "low_score_no_track",  # score under track.high_thresh: may keep a confirmed track alive, never starts one
+    "unconfirmed_track",   # seen before its track was confirmed (track.min_hits), or its track never was
+    "unalignable",         # landmarks too degenerate to align
+    "too_small",           # box under select.min_face_size
+    "not_selected",        # left out by select.every_k / select.best_n
+    "invalid_box",         # non-finite box or score from the detector
+)
 
 
 class StageTimer:
@@ -134,6 +147,8 @@ class Runner:
         self._detect_pacer = Pacer(config.detect.batch)
         self.timer = StageTimer()
         self.counts: dict[str, int] = defaultdict(int)
+        self.not_written: Counter[str] = Counter()  # the runner's share of NOT_WRITTEN_REASONS
+        self.photos = False  # the source is a folder of unrelated photos
         self.track_ids: set[int] = set()
         self._error: BaseException | None = None
         self.source_error: SourceError | None = None
@@ -276,13 +291,16 @@ class Runner:
         source = self._input(folder)
         detector = MTCNNDetector(cfg.detect.detector())
         enhancer = Enhancer(cfg.enhance)
-        tracker, aligner, selector = SortTracker(cfg.track), Aligner(cfg.align.min_size, cfg.align.max_size), \
-            Selector(cfg.select)
+        aligner, selector = Aligner(cfg.align.min_size, cfg.align.max_size), Selector(cfg.select)
         matcher = self._make_matcher(detector)
         to_enhance: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
         to_sink: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
         sink = DiskSink(folder, cfg.enhance.output_size, save_comparison=cfg.output.save_comparison)
         with open_source(source, cfg.source) as src, sink:
+            self.photos = src.folder_mode == "photos"
+            # Unrelated photos: every face that could start a track is one, confirmed at once (there is
+            # no second sighting to wait for), and ends with its photo.
+            tracker = SortTracker(dataclasses.replace(cfg.track, min_hits=1) if self.photos else cfg.track)
             workers = [threading.Thread(target=self._guard, args=(self._enhance_loop, enhancer, to_enhance, to_sink),
                                         name="enhance", daemon=True),
                        threading.Thread(target=self._guard, args=(self._sink_loop, sink, matcher, to_sink),
@@ -305,6 +323,10 @@ class Runner:
                         self._log_live(src, start)
                     if cfg.runtime.max_frames and self.counts["frames_processed"] >= cfg.runtime.max_frames:
                         break
+                stopped = self.stop.is_set() and self._error is None
+                if stopped and src.is_live and not src.stats.decoded and self.source_error is None:
+                    # Not a normal end: the camera never answered, so the run has nothing to show for it.
+                    self.source_error = SourceError(f"{src.name}: stopped before the source delivered any frame")
                 tracker.finish()  # tracks still alive end like any other
                 if ended := self._ended(tracker, selector):
                     self._put(to_enhance, ended)
@@ -321,7 +343,9 @@ class Runner:
                     matcher.close()
             if self._error is not None:
                 raise self._error
-            summary = self._summary(src, start, sink, enhancer)
+            summary = self._summary(src, start, sink, enhancer,
+                                    not_written={r: self.not_written[r] + tracker.dropped[r] + selector.skipped[r]
+                                                 for r in NOT_WRITTEN_REASONS})
             sink.write_summary(summary)
         if cfg.output.report:
             from pipeline.report import write_report
@@ -330,7 +354,7 @@ class Runner:
         return summary
 
     def _process(self, frames: list[Frame], detector, tracker, aligner, selector) -> list[AlignedFace | TrackEnd]:
-        every = self.config.detect.every
+        every = 1 if self.photos else self.config.detect.every  # no photo is skipped
         to_detect = [f for f in frames if f.index % every == 0]
         found, seconds = self._detect_pacer.run(detector.detect, [f.image for f in to_detect], self.stop)
         self.timer.add("detect", seconds, len(found))
@@ -346,7 +370,13 @@ class Runner:
             t1 = time.perf_counter()
             aligned = aligner(frame, updates)
             t2 = time.perf_counter()
+            seen = [u for u in updates if u.detection is not None]
+            eligible = sum(u.state in aligner.states for u in seen)
+            self.not_written["unconfirmed_track"] += len(seen) - eligible
+            self.not_written["unalignable"] += eligible - len(aligned)
             picked = selector(aligned)
+            if self.photos:
+                tracker.finish("photo")
             self.track_ids.update(f.track_id for f in picked)
             chosen.extend(picked)
             chosen.extend(self._ended(tracker, selector))
@@ -382,7 +412,8 @@ class Runner:
                  self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
                  src.stats.dropped, src.stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
 
-    def _summary(self, src, start: float, sink: DiskSink, enhancer: Enhancer) -> dict[str, Any]:
+    def _summary(self, src, start: float, sink: DiskSink, enhancer: Enhancer,
+                 not_written: dict[str, int]) -> dict[str, Any]:
         wall = time.perf_counter() - start
         processed = self.counts["frames_processed"]
         return {
@@ -391,9 +422,9 @@ class Runner:
             "frames_decoded": src.stats.decoded, "frames_processed": processed, "frames_dropped": src.stats.dropped,
             "frames_expected": src.frame_count, "truncated": src.truncated, "reconnects": src.stats.reconnects,
             "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
-            "faces_written": self.counts["faces_written"],
-            "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"], "tracks": len(sink.track_ids),
-            "faces_bicubic_fallback": enhancer.fallbacks,
+            "faces_written": self.counts["faces_written"], "faces_not_written": not_written,
+            "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"], "folder_mode": src.folder_mode,
+            "tracks": len(sink.track_ids), "faces_bicubic_fallback": enhancer.fallbacks,
             "enhance_method": self.config.enhance.method, "output_size": self.config.enhance.output_size,
             "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
             "stages": self.timer.summary(), "config": self.config.to_dict(),

@@ -6,6 +6,7 @@ scored below `min_score`. Of the rest, per track:
   * `best_n` > 0: the N faces with the highest quality (sharpness x size x frontalness) are
     emitted by `end_tracks` when the tracker ends the track (at the latest when the input ends),
     unless already emitted by `every_k`.
+`skipped` counts the faces never emitted, by reason: "too_small", "below_score", "not_selected".
 
 Example:
     >>> sel = Selector(SelectConfig(every_k=0, best_n=3))
@@ -16,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -45,13 +46,16 @@ class Selector:
         self.config = config or SelectConfig()
         self._seen: dict[int, int] = defaultdict(int)
         self._best: dict[int, list[tuple[float, int, AlignedFace]]] = defaultdict(list)
-        self.skipped = 0
+        self.skipped: Counter[str] = Counter()
 
     def __call__(self, faces: Sequence[AlignedFace]) -> list[AlignedFace]:
         cfg, out = self.config, []
         for face in faces:
-            if face.detection.size < cfg.min_face_size or face.detection.score < cfg.min_score:
-                self.skipped += 1
+            if face.detection.size < cfg.min_face_size:
+                self.skipped["too_small"] += 1
+                continue
+            if face.detection.score < cfg.min_score:
+                self.skipped["below_score"] += 1
                 continue
             n = self._seen[face.track_id]
             self._seen[face.track_id] = n + 1
@@ -62,8 +66,12 @@ class Selector:
                 item = (face.quality, face.frame_index, face)
                 if len(heap) < cfg.best_n:
                     heapq.heappush(heap, item)
-                elif item[:2] > heap[0][:2]:
-                    heapq.heapreplace(heap, item)
+                else:
+                    if item[:2] > heap[0][:2]:
+                        heapq.heapreplace(heap, item)
+                    self.skipped["not_selected"] += 1  # this face or the one it displaced
+            else:
+                self.skipped["not_selected"] += 1
         return out
 
     def end_tracks(self, track_ids: Iterable[int]) -> list[AlignedFace]:

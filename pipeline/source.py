@@ -5,7 +5,12 @@ Each source runs one reader thread that decodes into a bounded queue:
 * files and folders never lose a frame: when the consumer is slower the reader blocks (back-pressure);
 * live sources (``rtsp://``, ``webcam:N``) drop the OLDEST queued frames instead, so the consumer
   always sees recent video; ``stats.dropped`` counts them. RTSP reconnects with exponential
-  back-off when the stream is lost (``stats.reconnects``).
+  back-off when the stream is lost (``stats.reconnects``). A live source that has not delivered its
+  first frame within ``first_frame_timeout`` fails instead (a wrong address must not retry forever);
+  the failure comes at most about one ``open_timeout`` / ``read_timeout`` after the deadline.
+
+A folder is read either as unrelated photos or as the frames of one video (``source.folder_mode``,
+``VideoSource.folder_mode``); each of its frames carries its image's file name (``Frame.source_file``).
 
 ``Frame.index`` counts decoded frames from 0, across reconnects. ``Frame.pts_time`` is the
 stream's presentation time in seconds (None when unknown, e.g. the first RTSP frame; it restarts
@@ -57,7 +62,14 @@ class SourceConfig:
     backoff_max: float = setting(10.0, lo=0.0)
     open_timeout: float = setting(5.0, gt=0.0)  # seconds to connect / open
     read_timeout: float = setting(5.0, gt=0.0)  # seconds without data before a live stream counts as lost
+    # Live sources: seconds to wait for the FIRST frame (None: forever). A camera that has never
+    # delivered is most likely a wrong address, so it fails; once it has delivered, it reconnects
+    # as `reconnect_attempts` allows.
+    first_frame_timeout: float | None = setting(30.0, gt=0.0)
     fps_hint: float | None = setting(None, gt=0.0)  # folders: pts_time = index / fps_hint (None: pts_time None)
+    # Folders: "photos" (unrelated images: nothing is tracked from one to the next), "sequence" (the
+    # frames of a video), or "auto": a sequence when the names are numbered frames (see `is_frame_sequence`).
+    folder_mode: str = setting("auto", choices=("auto", "photos", "sequence"))
     # TCP: no UDP packet loss / NAT trouble on CCTV networks; the others are FFmpeg's rtsp_transport values
     rtsp_transport: str = setting("tcp", choices=("tcp", "udp", "udp_multicast", "http", "https"))
     options: dict[str, str] = setting(factory=dict)  # extra FFmpeg options (e.g. video_size)
@@ -153,6 +165,25 @@ def _natural_key(p: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
+def is_frame_sequence(names: list[str]) -> bool:
+    """True when file names look like the frames of one video: at least two, all the same text around
+    one number, the numbers evenly spaced (frame_000001.png, frame_000002.png, ... or every n-th).
+
+    A gap, a second naming pattern or a name without a number means a collection of photos.
+
+    >>> is_frame_sequence(["frame_0001.png", "frame_0002.png", "frame_0003.png"])
+    True
+    >>> is_frame_sequence(["1.jpg", "2.jpg", "5.jpg", "party.jpg"])
+    False
+    """
+    parts = [re.fullmatch(r"(.*?)(\d+)(\D*)", n) for n in names]
+    if len(names) < 2 or not all(parts) or len({(m[1], m[3].lower()) for m in parts}) != 1:
+        return False
+    numbers = sorted(int(m[2]) for m in parts)
+    steps = {b - a for a, b in zip(numbers, numbers[1:])}
+    return len(steps) == 1 and steps != {0}
+
+
 def _ffmpeg_message(e: Exception) -> str:
     # PyAV errors read "[Errno 1094995529] Invalid data found when processing input: 'path'";
     # keep the words, we name the source ourselves (masked: a message may quote the URL).
@@ -180,12 +211,15 @@ class VideoSource:
         self._count_exact = True
         self.truncated = False  # a file that ended before its expected frame count (or on a read error)
         self._rotation_seen = 0
+        # Folders: "photos" or "sequence" (source.folder_mode, "auto" resolved); None for videos and cameras.
+        self.folder_mode: str | None = None
         self.width: int | None = None
         self.height: int | None = None
         self._images: list[Path] = []
         self._container: av.container.InputContainer | None = None
         self._error: SourceError | None = None
         self._stop = threading.Event()
+        self._started = time.monotonic()  # the first-frame deadline counts from here
         self._queue = FrameQueue(self.config.queue_size, drop_oldest=self.is_live)
 
         # Open files, folders and webcams now so a bad input fails at once with a clear message;
@@ -257,6 +291,12 @@ class VideoSource:
             raise SourceError(f"{self.name}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
         self.frame_count = len(self._images)
         self.fps = self.config.fps_hint
+        mode = self.config.folder_mode
+        if mode == "auto":
+            mode = "sequence" if is_frame_sequence([p.name for p in self._images]) else "photos"
+        self.folder_mode = mode
+        log.info("%s: %d images, read as %s", self.name, len(self._images),
+                 "the frames of one video" if mode == "sequence" else "unrelated photos (no tracking across them)")
 
     def _open(self) -> av.container.InputContainer:
         """Open the container for this source; SourceError with one line on failure."""
@@ -326,8 +366,9 @@ class VideoSource:
         finally:
             self._queue.finish()
 
-    def _emit(self, image: np.ndarray, pts_time: float | None) -> bool:
-        frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name)
+    def _emit(self, image: np.ndarray, pts_time: float | None, source_file: str | None = None) -> bool:
+        frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name,
+                      source_file=source_file)
         self.stats.decoded += 1
         ok = self._queue.put(frame)
         self.stats.dropped = self._queue.dropped
@@ -343,7 +384,7 @@ class VideoSource:
                 self.stats.errors += 1
                 log.warning("%s: skipping unreadable image %s", self.name, path.name)
                 continue
-            if not self._emit(image, self.stats.decoded / fps if fps else None):
+            if not self._emit(image, self.stats.decoded / fps if fps else None, path.name):
                 return
         if self.stats.decoded == 0:
             raise SourceError(f"{self.name}: none of the {len(self._images)} images could be read")
@@ -433,15 +474,31 @@ class VideoSource:
         return None
 
     def _retry(self, failures: int, reason: str) -> bool:
-        """Sleep the back-off for the `failures`-th consecutive failure; False if out of attempts."""
+        """Sleep the back-off for the `failures`-th consecutive failure; False if out of attempts.
+        Raises SourceError when a live source has not delivered a frame by `first_frame_timeout`."""
         limit = self._attempts
         if self._stop.is_set() or (limit is not None and failures > limit):
             return False
         cfg = self.config
-        delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1))
+        delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (failures - 1), self._first_frame_left(reason))
         log.warning("%s: %s; retry %d/%s in %.1f s", self.name, reason, failures,
                     "unlimited" if limit is None else limit, delay)
-        return not self._stop.wait(delay)
+        if self._stop.wait(delay):
+            return False
+        self._first_frame_left(reason)
+        return True
+
+    def _first_frame_left(self, reason: str) -> float:
+        """Seconds left for a live source to deliver its first frame (inf once it has, or without a
+        limit); SourceError naming the last problem when none are left."""
+        timeout = self.config.first_frame_timeout
+        if not self.is_live or timeout is None or self.stats.decoded:
+            return float("inf")
+        left = timeout - (time.monotonic() - self._started)
+        if left <= 0:
+            raise SourceError(f"{self.name}: no video frame within {timeout:g} s ({reason}); check the address "
+                              "and that the camera is on, or raise source.first_frame_timeout")
+        return left
 
 
 def open_source(spec: str | Path, config: SourceConfig | None = None) -> VideoSource:

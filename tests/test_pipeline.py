@@ -93,7 +93,7 @@ def test_select_every_k_and_size_and_score_filters():
     sel = Selector(SelectConfig(every_k=2, min_face_size=20, min_score=0.9))
     faces = [face(1, i) for i in range(6)] + [face(2, 0, box_side=10), face(3, 0, score=0.5)]
     assert [f.frame_index for f in sel(faces)] == [0, 2, 4]
-    assert sel.skipped == 2
+    assert sel.skipped == {"too_small": 1, "below_score": 1, "not_selected": 3}
 
 
 def test_select_best_n_is_emitted_when_the_track_ends():

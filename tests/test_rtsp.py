@@ -23,7 +23,9 @@ def next_frame(src: VideoSource, timeout: float = 15.0) -> Frame:
 def test_rtsp_reconnects_after_server_killed(rtsp_server) -> None:
     t_start = time.monotonic()
     server = rtsp_server()
-    cfg = SourceConfig(queue_size=8, backoff_initial=0.5, backoff_max=2.0, open_timeout=5, read_timeout=3)
+    # first_frame_timeout shorter than the outage: a source that has delivered reconnects whatever it says.
+    cfg = SourceConfig(queue_size=8, backoff_initial=0.5, backoff_max=2.0, open_timeout=5, read_timeout=3,
+                       first_frame_timeout=2.0)
     with open_source(server.url, cfg) as src:
         assert src.is_live and src.frame_count is None
         frames = [next_frame(src) for _ in range(20)]

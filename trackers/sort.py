@@ -55,6 +55,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -253,7 +254,8 @@ class SortTracker:
     update(frame_index, detections) -> list[TrackUpdate]: a detection frame (None = no detection).
     predict(frame_index) -> list[TrackUpdate]: a frame without detection.
     pop_ended() -> list[TrackEnd]: the tracks that ended since the last call.
-    finish(): the input has ended; every live track ends (reported by the next `pop_ended`).
+    finish(reason="stream_end"): the input has ended; every live track ends (reported by the next
+    `pop_ended`). `dropped` counts the detections that reached no track, by reason.
 
     Every update/predict returns one TrackUpdate per live track (TENTATIVE, CONFIRMED or LOST),
     ordered by track id; `detection` is the Detection matched on this frame (None when predicted
@@ -268,6 +270,9 @@ class SortTracker:
         self._ended: list[TrackEnd] = []
         self._next_id = 1
         self._frame: int | None = None
+        # Detections that reached no track, by reason: "invalid_box" (non-finite), "below_score"
+        # (< low_thresh), "low_score_no_track" (< high_thresh and no confirmed track to keep alive).
+        self.dropped: Counter[str] = Counter()
 
     def predict(self, frame_index: int) -> list[TrackUpdate]:
         """Advance all tracks to `frame_index` without a detector result."""
@@ -285,10 +290,10 @@ class SortTracker:
         ended, self._ended = self._ended, []
         return ended
 
-    def finish(self) -> None:
-        """End every live track (reason "stream_end"): the input is over."""
+    def finish(self, reason: str = "stream_end") -> None:
+        """End every live track: the input is over (or, reason "photo", the photo is: see TrackEnd)."""
         for t in sorted(self._tracks, key=lambda t: t.track_id):
-            self._end(t, "stream_end")
+            self._end(t, reason)
         self._tracks = []
 
     def _end(self, t: _Track, reason: str) -> None:
@@ -316,12 +321,14 @@ class SortTracker:
         for d in detections:
             if not np.all(np.isfinite(d.box[:4])) or not np.isfinite(d.score):
                 log.warning("tracker: dropping a detection with a non-finite box/score")
+                self.dropped["invalid_box"] += 1
                 continue
             dets.append(d)
             boxes.append(_sanitize(np.asarray(d.box, dtype=float)))
         det_boxes = np.array(boxes).reshape(-1, 4)
         high = [i for i, d in enumerate(dets) if d.score >= cfg.high_thresh]
         low = [i for i, d in enumerate(dets) if cfg.low_thresh <= d.score < cfg.high_thresh]
+        self.dropped["below_score"] += len(dets) - len(high) - len(low)
         tracks = self._tracks
         # Both taken before any correction: every round compares against the same predictions.
         predicted = np.array([t.box for t in tracks]).reshape(-1, 4)
@@ -345,7 +352,8 @@ class SortTracker:
         # usually where it was last seen, while the Kalman prediction has coasted away on its old velocity.
         free = match([ti for ti in unmatched if tracks[ti].missed], observed, free, cfg.iou_threshold, cfg.buffer)
         # Pass 2 (BYTE): low-score detections against confirmed tracks left over.
-        match([ti for ti in unmatched if tracks[ti].confirmed], predicted, low, cfg.low_iou_threshold)
+        left = match([ti for ti in unmatched if tracks[ti].confirmed], predicted, low, cfg.low_iou_threshold)
+        self.dropped["low_score_no_track"] += len(left)
 
         # Bookkeeping for tracks that got (or missed) a detection on this detection frame.
         kept = []

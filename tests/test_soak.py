@@ -1,0 +1,57 @@
+"""benchmarks/soak.py (the verdict on an RSS series, the looped source) and common.memory."""
+from __future__ import annotations
+
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+
+import av
+import pytest
+
+from common import memory
+from common.errors import UserError
+from pipeline.demo import make_demo_clip
+from pipeline.source import SourceConfig, open_source
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("soak_benchmark", ROOT / "benchmarks/soak.py")
+soak = importlib.util.module_from_spec(_spec)
+sys.modules["soak_benchmark"] = soak
+_spec.loader.exec_module(soak)
+
+
+def series(start: float, per_min: float, minutes: int = 30) -> list[tuple[float, float]]:
+    """Samples every 5 s: a climb to `start` in the first minute, then `per_min` MB per minute."""
+    out = []
+    for t in range(5, minutes * 60, 5):
+        out.append((float(t), start * min(1.0, t / 60) + per_min * max(0.0, t - 60) / 60))
+    return out
+
+
+def test_flat_rss_after_warmup_passes_and_growth_fails():
+    flat = soak.verdict(series(700, 0.5), warmup_s=300, tolerance=0.10)
+    assert flat["passed"] and flat["slope_mb_per_min"] == pytest.approx(0.5, abs=1e-6)
+    assert flat["rss_after_warmup_mb"] == pytest.approx(700 + 0.5 * 4, abs=1)
+    growing = soak.verdict(series(700, 45), warmup_s=300, tolerance=0.10)  # the leak of issue 10
+    assert not growing["passed"] and growing["fitted_growth_fraction"] > 1.0
+    with pytest.raises(UserError, match="samples after the 300 s warm-up"):
+        soak.verdict(series(700, 0, minutes=5), warmup_s=300, tolerance=0.10)
+
+
+def test_loop_plays_the_clips_over_and_over(tmp_path):
+    clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=10)
+    loop = soak.write_loop([clip], minutes=0.01, path=tmp_path / "loop.ffconcat")
+    with av.open(str(clip)) as c:
+        seconds = c.streams.video[0].frames / float(c.streams.video[0].average_rate)
+    repeats = loop.read_text().count("file '")
+    assert repeats * seconds >= 0.01 * soak.LOOP_SECONDS_PER_MINUTE
+    with open_source(loop, SourceConfig(options={"safe": "0"})) as src:
+        assert sum(1 for _ in src) == 10 * repeats
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_allocator_is_tuned_unless_the_user_set_it(monkeypatch):
+    assert memory.tune_allocator() is True
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert memory.tune_allocator() is False

@@ -27,6 +27,8 @@ Example:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -38,6 +40,7 @@ from torch import nn
 from .encoders import ENCODERS
 
 MIN_INPUT = 8  # smallest LR side the encoders and the 3x3 unfolding are meant for
+GRID_CACHE_SIZE = 64  # output grids x LR sizes kept by `upscale` (~1-3 MB each at 112-160 px)
 DEFAULT_MAX_QUERIES = 16384  # queries decoded at once in upscale(); bounds memory (~4 x 512 floats each)
 
 
@@ -155,11 +158,73 @@ class ImplicitDecoder(nn.Module):
         return self.out(s)
 
 
+class LatentModulatedDecoder(nn.Module):
+    """ARASFSR-LM: f_theta split as in LMF (He et al., CVPR 2024) into a latent MLP that runs once per LR
+    position and a render MLP that runs per output pixel.
+
+    The latent MLP (width `hidden`: W_0's code part as in `ImplicitDecoder`, then two 1x1 layers) turns the
+    unfolded code p_hat into a latent code for the render MLP's first layer and one shift per render
+    hidden layer. The render MLP (width `render`) keeps the paper's per-query structure: s_0 from
+    [x_s - x_c, r] (eq. 3, 7), hidden layers fused with the global coordinate modulation (eq. 9-12), plus
+    the latent shift of its LR position. Per output pixel and ensemble member it costs about
+    `layers * 2 * render^2` multiply-adds instead of `layers * 2 * hidden^2`.
+
+    Args:
+        code_dim, hidden, n_layers, modulated, scale_conditioning: as `ImplicitDecoder` (n_layers is
+            both MLPs' depth: the render MLP has n_layers - 1 shifted hidden layers).
+        render: width of the render MLP (and of the global coordinate modulation).
+    """
+
+    def __init__(self, code_dim: int, hidden: int, n_layers: int, render: int, modulated: bool,
+                 scale_conditioning: bool):
+        super().__init__()
+        self.code_proj = nn.Conv2d(code_dim, hidden, 3, padding=1, bias=False)  # eq. 2's unfolding, as before
+        self.latent_mlp = nn.Sequential(
+            nn.ReLU(inplace=True), nn.Conv2d(hidden, hidden, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, n_layers * render, 1),  # [latent code, shift_1 .. shift_{n_layers - 1}]
+        )
+        self.query_proj = nn.Linear(4 if scale_conditioning else 2, render)
+        width = 2 * render if modulated else render
+        self.hidden = nn.ModuleList([nn.Linear(width, render) for _ in range(n_layers - 1)])
+        self.out = nn.Linear(render, 3)
+        self.modulated = modulated
+        self.render = render
+
+    def project(self, code: torch.Tensor) -> torch.Tensor:
+        return self.latent_mlp(self.code_proj(code))
+
+    def forward(self, projected: torch.Tensor, query: torch.Tensor, g: list[torch.Tensor] | None) -> torch.Tensor:
+        latent, *shifts = projected.split(self.render, dim=-1)
+        s = torch.relu(latent + self.query_proj(query))  # s_0, eq. 7 with the code part from the latent MLP
+        for i, layer in enumerate(self.hidden):
+            x = torch.cat([s * g[i], s], dim=-1) if self.modulated else s  # [m_i, s_i], eq. 9, 12
+            s = torch.relu(layer(x) + shifts[i])  # s_{i+1}, eq. 10, shifted by the LR position's latent
+        return self.out(s)
+
+
+def local_ensemble(coord: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The local ensemble of eq. 4 for query coordinates `coord` (... x Q x 2) on an h x w LR grid: the four
+    codes around each query, one per diagonal shift by half an LR pixel. Returns their flat LR indices
+    (... x 4 x Q), x_s - x_c in LR pixels (... x 4 x Q x 2), and the bilinear weights (... x 4 x Q: each code
+    weighted by the area of the rectangle opposite to it)."""
+    size = torch.tensor([h, w], device=coord.device, dtype=coord.dtype)
+    shifts = torch.tensor([[-1, -1], [-1, 1], [1, -1], [1, 1]], device=coord.device, dtype=coord.dtype) / size
+    query = coord.unsqueeze(-3)  # ... x 1 x Q x 2
+    shifted = (query + shifts[:, None] + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6)  # ... x 4 x Q x 2
+    idx = ((shifted + 1) / 2 * size).floor().long()
+    idx = torch.minimum(idx.clamp_min(0), torch.tensor([h - 1, w - 1], device=idx.device))
+    centre = -1 + (2 * idx + 1) / size  # x_c of each chosen code
+    rel = (query - centre) * size  # x_s - x_c, in LR pixels
+    area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
+    weights = area.flip(-2) / area.sum(dim=-2, keepdim=True)
+    return idx[..., 0] * w + idx[..., 1], rel, weights
+
+
 @dataclass
 class LatentGrid:
     """What the decoder needs from one LR batch: W_0 applied to the unfolded codes, and the LR image."""
 
-    projected: torch.Tensor  # B x hidden x h x w
+    projected: torch.Tensor  # B x C x h x w: W_0 on the codes (C = hidden), or the LM latents (C = layers * render)
     lr: torch.Tensor  # B x 3 x h x w, normalised to [-1, 1]
 
 
@@ -182,15 +247,22 @@ class ARASFSR(nn.Module):
             LocalFrequencyEstimator(lf["latent"], lf["token"], lf["width"]) if lf["enabled"] else None
         )
         code_dim = self.encoder.out_dim + (lf["token"] if lf["enabled"] else 0)
+        width = dec.get("render", 0) or dec["hidden"]  # of the per-query MLP, which the modulation feeds
         self.coord_mod = (
-            GlobalCoordinateModulation(dec["hidden"], dec["layers"] - 1, gc["n_freqs"]) if gc["enabled"] else None
+            GlobalCoordinateModulation(width, dec["layers"] - 1, gc["n_freqs"]) if gc["enabled"] else None
         )
-        self.decoder = ImplicitDecoder(
-            code_dim, dec["hidden"], dec["layers"], gc["enabled"], config["scale_conditioning"]
-        )
+        if dec.get("render", 0):
+            self.decoder = LatentModulatedDecoder(
+                code_dim, dec["hidden"], dec["layers"], dec["render"], gc["enabled"], config["scale_conditioning"]
+            )
+        else:
+            self.decoder = ImplicitDecoder(
+                code_dim, dec["hidden"], dec["layers"], gc["enabled"], config["scale_conditioning"]
+            )
         self.scale_conditioning = config["scale_conditioning"]
         self.skip = config["skip"]
         self.max_queries = DEFAULT_MAX_QUERIES
+        self._grid_cache: OrderedDict[tuple, object] = OrderedDict()
 
     # -- training interface -------------------------------------------------------------------
     def encode(self, lr: torch.Tensor) -> LatentGrid:
@@ -203,35 +275,33 @@ class ARASFSR(nn.Module):
 
     def query_rgb(self, grid: LatentGrid, coord: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         """RGB in [0, 1] (unclamped) at `coord` (B x Q x 2, (y, x) in [-1, 1]); `ratio` (B x Q x 2) is the
-        scale ratio r = [1/r_y, 1/r_x] = [h/H, w/W] of the target grid relative to the LR grid (eq. 3)."""
-        b, hidden, h, w = grid.projected.shape
-        size = torch.tensor([h, w], device=coord.device, dtype=coord.dtype)
-        # Local ensemble (eq. 4): the four latent codes around x_s, one per diagonal shift by half an LR pixel.
-        shifts = torch.tensor([[-1, -1], [-1, 1], [1, -1], [1, 1]], device=coord.device, dtype=coord.dtype) / size
-        shifted = (coord[:, None] + shifts[None, :, None] + 1e-6).clamp(-1 + 1e-6, 1 - 1e-6)  # B x 4 x Q x 2
-        idx = ((shifted + 1) / 2 * size).floor().long()
-        idx = torch.minimum(idx.clamp_min(0), torch.tensor([h - 1, w - 1], device=idx.device))
-        centre = -1 + (2 * idx + 1) / size  # x_c of each chosen code
-        rel = (coord[:, None] - centre) * size  # x_s - x_c, in LR pixels
-
-        table = grid.projected.flatten(2).transpose(1, 2)  # B x hw x hidden
-        flat = (idx[..., 0] * w + idx[..., 1]).reshape(b, -1, 1).expand(-1, -1, hidden)
-        projected = torch.gather(table, 1, flat).reshape(b, 4, -1, hidden)
+        scale ratio r = [1/r_y, 1/r_x] = [h/H, w/W] of the target grid relative to the LR grid (eq. 3).
+        Training uses this (every image its own query coordinates); `upscale` decodes a shared grid faster."""
+        b, channels, h, w = grid.projected.shape
+        index, rel, weights = local_ensemble(coord, h, w)  # B x 4 x Q
+        table = grid.projected.flatten(2).transpose(1, 2)  # B x hw x C
+        flat = index.reshape(b, -1, 1).expand(-1, -1, channels)
+        projected = torch.gather(table, 1, flat).reshape(b, 4, -1, channels)
         query = torch.cat([rel, ratio[:, None].expand_as(rel)], dim=-1) if self.scale_conditioning else rel
         g = None
         if self.coord_mod is not None:
             g = [gi[:, None] for gi in self.coord_mod(coord)]  # shared by the four ensemble members
-        preds = self.decoder(projected, query, g)  # B x 4 x Q x 3
+        up = self._skip(grid.lr, coord) if self.skip else None
+        return self._blend(self.decoder(projected, query, g), weights, up)
 
-        # Bilinear weights: each code is weighted by the area of the rectangle opposite to it.
-        area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
-        weights = area.flip(1) / area.sum(dim=1, keepdim=True)
-        pred = (weights[..., None] * preds).sum(dim=1)
-        if self.skip:  # sec. 3.5: long skip in LTE's form, bilinear up-sampling of the LR input, border padding
-            up = F.grid_sample(grid.lr, coord.flip(-1)[:, None], mode="bilinear", padding_mode="border",
-                               align_corners=False)
-            pred = pred + up[:, :, 0].transpose(1, 2)
+    @staticmethod
+    def _blend(preds: torch.Tensor, weights: torch.Tensor, up: torch.Tensor | None) -> torch.Tensor:
+        """The ensemble's weighted sum (eq. 4), plus the long skip (sec. 3.5), back to [0, 1]."""
+        pred = (weights[..., None] * preds).sum(dim=-3)
+        if up is not None:
+            pred = pred + up
         return pred * 0.5 + 0.5
+
+    @staticmethod
+    def _skip(lr: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+        """Sec. 3.5, LTE's form: `lr` (B x 3 x h x w) bilinearly sampled at `coord` (B x Q x 2), border padding."""
+        up = F.grid_sample(lr, coord.flip(-1)[:, None], mode="bilinear", padding_mode="border", align_corners=False)
+        return up[:, :, 0].transpose(1, 2)
 
     def forward(self, lr: torch.Tensor, coord: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         """Training entry point: decode sampled query coordinates (like LIIF's query_rgb(coord, cell))."""
@@ -242,52 +312,130 @@ class ARASFSR(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def upscale(self, lr: torch.Tensor, size: tuple[int, int], max_queries: int | None = None,
-                amp: str | None = None) -> torch.Tensor:
-        """Super-resolve `lr` (B x 3 x h x w float in [0, 1], h, w >= 8) to `size` = (H, W).
+    def upscale(self, lr: torch.Tensor | Sequence[torch.Tensor], size: tuple[int, int],
+                max_queries: int | None = None, amp: str | None = None) -> torch.Tensor:
+        """Super-resolve `lr` to `size` = (H, W): a batch B x 3 x h x w, or a list of B images 3 x h_i x w_i
+        whose sizes may differ (float in [0, 1], sides >= 8).
 
         Returns B x 3 x H x W clamped to [0, 1], on the input's device. Runs in eval mode under
         inference mode (the module's training flag is restored afterwards), so the output is
-        deterministic. Queries are decoded in chunks of at most `max_queries` (default
-        `self.max_queries`) so memory stays bounded; the result equals unchunked decoding.
-        Where H <= h and W <= w there is nothing to super-resolve: the image is down-sampled with
-        antialiased area resampling instead of the implicit function.
+        deterministic. All images are decoded in one pass over the shared output grid: each size group is
+        encoded once, and what depends only on the grids (coordinates, the coordinate modulation, the
+        ensemble's indices and weights) comes from a cache. Queries are decoded in chunks of at most
+        `max_queries` (default `self.max_queries`) so memory stays bounded; the result equals unchunked
+        decoding, and `reference_upscale` (the per-image path of training) within float rounding.
+        An image with H <= h and W <= w has nothing to super-resolve: it is down-sampled with antialiased
+        area resampling instead of the implicit function.
         `amp` = "bf16" or "fp16" enables autocast on CUDA (ignored on the CPU).
         """
         height, width = _check_size(size)
-        _check_input(lr)
-        out_device = lr.device
-        if height <= lr.shape[-2] and width <= lr.shape[-1]:
-            return F.interpolate(lr.float(), size=(height, width), mode="area").clamp(0, 1)
+        images = _as_images(lr)
         max_queries = int(max_queries or self.max_queries)
         if max_queries < 1:
             raise ValueError(f"max_queries must be >= 1, got {max_queries}")
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode(), self._autocast(amp):
-                lr = lr.to(self.device, torch.float32)
-                b, _, h, w = lr.shape
-                grid = self.encode(lr)
-                coord = make_coord(height, width, lr.device)
-                ratio = torch.tensor([h / height, w / width], device=lr.device)
-                step = max(1, max_queries // b)
-                out = []
-                for start in range(0, coord.shape[0], step):
-                    c = coord[start:start + step].expand(b, -1, -1)
-                    out.append(self.query_rgb(grid, c, ratio.expand_as(c)).float())
-                rgb = torch.cat(out, dim=1).clamp(0, 1)
-        finally:
-            self.train(was_training)
+        out_device = images[0].device
+        out: list[torch.Tensor | None] = [None] * len(images)
+        todo = []
+        for i, image in enumerate(images):
+            if height <= image.shape[-2] and width <= image.shape[-1]:
+                out[i] = F.interpolate(image.float(), size=(height, width), mode="area").clamp(0, 1)
+            else:
+                todo.append(i)
+        if todo:
+            was_training = self.training
+            self.eval()
+            try:
+                with torch.inference_mode(), self._autocast(amp):
+                    rgb = self._decode_grid([images[i] for i in todo], height, width, max_queries, amp)
+            finally:
+                self.train(was_training)
+            for i, image_rgb in zip(todo, rgb):
+                out[i] = image_rgb.transpose(0, 1).reshape(1, 3, height, width)
         # clone() outside inference mode: callers get an ordinary tensor they may modify in place
-        return rgb.transpose(1, 2).reshape(b, 3, height, width).to(out_device).clone()
+        return torch.cat([o.to(out_device) for o in out]).clone()
 
-    def upscale_uint8(self, images: np.ndarray, size: tuple[int, int], amp: str | None = None) -> np.ndarray:
-        """`upscale` for 8-bit images: N x h x w x 3 uint8 (RGB, the order the model was trained on)
-        -> N x H x W x 3 uint8 on the CPU, rounded to the nearest level.
-        Raises NonFiniteOutput if the output holds NaN/Inf: a black image must never pass for a result."""
-        lr = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-        sr = self.upscale(lr.to(self.device), size, amp=amp)
+    def _decode_grid(self, images: list[torch.Tensor], height: int, width: int, max_queries: int,
+                     amp: str | None) -> torch.Tensor:
+        """`images` (each 1 x 3 x h x w) decoded on the shared H x W grid: N x HW x 3, in the order given."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for k, image in enumerate(images):
+            groups.setdefault(tuple(image.shape[-2:]), []).append(k)
+        coord = self._cached(("coord", height, width, amp), lambda: make_coord(height, width, self.device))
+        g = None
+        if self.coord_mod is not None:  # sec. 3.4: depends only on the output grid
+            g = self._cached(("modulation", height, width, amp), lambda: self.coord_mod(coord))
+        parts = []  # per size group: (flat LR table, its ensemble geometry, the long skip's samples, its images)
+        for (h, w), members in groups.items():
+            grid = self.encode(torch.cat([images[k] for k in members]).to(self.device, torch.float32))
+            geometry = self._cached(("ensemble", h, w, height, width, amp),
+                                    lambda: self._ensemble_queries(coord, h, w, height, width))
+            up = self._skip(grid.lr, coord.expand(len(members), -1, -1)) if self.skip else None
+            parts.append((grid.projected.flatten(2).transpose(1, 2).reshape(-1, grid.projected.shape[1]),
+                          geometry, up, members, h * w))
+        table = torch.cat([part[0] for part in parts])  # every LR position of every image: sum(hw) x C
+        offsets = torch.cumsum(torch.tensor([0] + [len(m) * hw for _, _, _, m, hw in parts[:-1]]), 0).tolist()
+        step = max(1, max_queries // len(images))
+        chunks = []
+        for start in range(0, coord.shape[0], step):
+            q = slice(start, start + step)
+            index, query, weights, up = [], [], [], []
+            for (_, (g_index, g_query, g_weights), g_up, members, hw), offset in zip(parts, offsets):
+                n = len(members)
+                base = offset + hw * torch.arange(n, device=table.device)  # where each image's table starts
+                index.append(g_index[:, q] + base[:, None, None])
+                query.append(g_query[:, q].expand(n, -1, -1, -1))
+                weights.append(g_weights[:, q].expand(n, -1, -1))
+                up.append(g_up[:, q] if g_up is not None else None)
+            index = torch.cat(index)  # N x 4 x q
+            projected = table.index_select(0, index.flatten()).reshape(*index.shape, table.shape[1])
+            preds = self.decoder(projected, torch.cat(query), [gi[q] for gi in g] if g is not None else None)
+            chunks.append(self._blend(preds, torch.cat(weights), torch.cat(up) if self.skip else None).float())
+        rgb = torch.cat(chunks, dim=1).clamp(0, 1)  # N x HW x 3 in group order
+        order = [k for *_, members, _ in parts for k in members]
+        return rgb[torch.argsort(torch.tensor(order, device=rgb.device))]
+
+    def _ensemble_queries(self, coord: torch.Tensor, h: int, w: int, height: int, width: int):
+        """The local ensemble (eq. 4) of the H x W grid on an h x w LR grid, and each member's query
+        [x_s - x_c, r] (eq. 3): flat indices 4 x Q, queries 4 x Q x (2 or 4), weights 4 x Q."""
+        index, rel, weights = local_ensemble(coord, h, w)
+        if self.scale_conditioning:
+            ratio = torch.tensor([h / height, w / width], device=coord.device, dtype=coord.dtype)
+            rel = torch.cat([rel, ratio.expand_as(rel)], dim=-1)
+        return index, rel, weights
+
+    def _cached(self, key: tuple, make: Callable[[], object]):
+        """What depends only on the grids, kept for the next call (a bounded LRU). Cleared when the
+        weights may change: `train(True)` and `load_state_dict`."""
+        key = key + (str(self.device),)
+        if key in self._grid_cache:
+            self._grid_cache.move_to_end(key)
+            return self._grid_cache[key]
+        value = self._grid_cache[key] = make()
+        while len(self._grid_cache) > GRID_CACHE_SIZE:
+            self._grid_cache.popitem(last=False)
+        return value
+
+    def train(self, mode: bool = True) -> "ARASFSR":
+        if mode:
+            self._grid_cache.clear()
+        return super().train(mode)
+
+    def load_state_dict(self, *args, **kwargs):
+        self._grid_cache.clear()
+        return super().load_state_dict(*args, **kwargs)
+
+    def upscale_uint8(self, images: np.ndarray | Sequence[np.ndarray], size: tuple[int, int],
+                      amp: str | None = None) -> np.ndarray:
+        """`upscale` for 8-bit images: N x h x w x 3 uint8, or a list of h_i x w_i x 3 uint8 whose sizes may
+        differ (RGB, the order the model was trained on) -> N x H x W x 3 uint8 on the CPU, rounded to the
+        nearest level. Raises NonFiniteOutput if the output holds NaN/Inf: a black image must never pass
+        for a result."""
+        if isinstance(images, np.ndarray):
+            lr = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255).to(self.device)
+        else:
+            lr = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255).to(self.device)
+                  for image in images]
+        sr = self.upscale(lr, size, amp=amp)
         finite = torch.isfinite(sr).flatten(1).all(1).cpu().numpy()
         out = sr.nan_to_num_(0.0).mul_(255).round_().byte().permute(0, 2, 3, 1).cpu().numpy()
         if not finite.all():
@@ -317,6 +465,46 @@ def _check_input(lr: torch.Tensor) -> None:
                          f"got shape {tuple(lr.shape)}")
     if not torch.isfinite(lr).all():
         raise ValueError("lr contains NaN or infinite values")
+
+
+def _as_images(lr) -> list[torch.Tensor]:
+    """`upscale`'s input as a list of checked 1 x 3 x h x w tensors."""
+    if isinstance(lr, torch.Tensor):
+        _check_input(lr)
+        return list(lr.split(1))
+    if isinstance(lr, (list, tuple)) and lr:
+        images = [image[None] if isinstance(image, torch.Tensor) and image.dim() == 3 else image for image in lr]
+        for image in images:
+            _check_input(image)
+        return images
+    raise ValueError(f"lr must be a B x 3 x h x w tensor or a non-empty list of 3 x h x w tensors, got {lr!r:.80}")
+
+
+def reference_upscale(model: ARASFSR, lr: torch.Tensor, size: tuple[int, int], max_queries: int = DEFAULT_MAX_QUERIES
+                      ) -> torch.Tensor:
+    """The straightforward decoding `ARASFSR.upscale` optimises: every image its own copy of the grid's
+    coordinates through `query_rgb`, the path training uses. Kept as the reference that the fast path is
+    tested against (tests/test_model.py) and timed against (benchmarks/sr_speed.py)."""
+    height, width = _check_size(size)
+    _check_input(lr)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            lr = lr.to(model.device, torch.float32)
+            b, _, h, w = lr.shape
+            grid = model.encode(lr)
+            coord = make_coord(height, width, lr.device)
+            ratio = torch.tensor([h / height, w / width], device=lr.device)
+            step = max(1, max_queries // b)
+            out = []
+            for start in range(0, coord.shape[0], step):
+                c = coord[start:start + step].expand(b, -1, -1)
+                out.append(model.query_rgb(grid, c, ratio.expand_as(c)))
+            rgb = torch.cat(out, dim=1).clamp(0, 1)
+    finally:
+        model.train(was_training)
+    return rgb.transpose(1, 2).reshape(b, 3, height, width).clone()
 
 
 def _check_size(size) -> tuple[int, int]:

@@ -39,6 +39,9 @@ class RDNConfig:
 class DecoderConfig:
     hidden: int = setting(256, lo=1)  # LIIF's MLP width and depth
     layers: int = setting(4, lo=1)
+    # 0: the paper's decoder, the whole MLP per output pixel. > 0: ARASFSR-LM, the MLP (width `hidden`) runs once
+    # per LR position and only a render MLP of this width runs per output pixel (LMF's split, models/arasfsr.py)
+    render: int = setting(0, lo=0)
 
 
 @dataclass

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -92,29 +91,29 @@ class Enhancer:
         size = self.config.output_size
         out: list[np.ndarray | None] = [None] * len(faces)
         method = [self.name] * len(faces)
-        by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
+        indices = []
         for i, face in enumerate(faces):
             if self.uses_model(face):
-                by_size[face.crop.shape[:2]].append(i)
+                indices.append(i)
             else:
                 out[i] = bicubic(face.crop, size)
-        for indices in by_size.values():
-            for start in range(0, len(indices), self.config.batch_size):
-                chunk = indices[start:start + self.config.batch_size]
-                for i, sr in zip(chunk, self._upscale([faces[i].crop for i in chunk])):
-                    if sr is None:
-                        sr, method[i] = bicubic(faces[i].crop, size), "bicubic"
-                        self._fell_back(faces[i])
-                    out[i] = sr
+        # Faces of any crop size share one batch: the model encodes each size group and decodes them together.
+        for start in range(0, len(indices), self.config.batch_size):
+            chunk = indices[start:start + self.config.batch_size]
+            for i, sr in zip(chunk, self._upscale([faces[i].crop for i in chunk])):
+                if sr is None:
+                    sr, method[i] = bicubic(faces[i].crop, size), "bicubic"
+                    self._fell_back(faces[i])
+                out[i] = sr
         return [EnhancedFace(face=f, sr=sr, scale=size / max(f.crop.shape[:2]), method=m)
                 for f, sr, m in zip(faces, out, method)]
 
     def _upscale(self, crops: list[np.ndarray]) -> list[np.ndarray | None]:
-        """Equal-size BGR uint8 crops -> S x S x 3 BGR uint8 each through the model (None where the
+        """BGR uint8 crops of any sizes -> S x S x 3 BGR uint8 each through the model (None where the
         model's output is not finite)."""
         size = self.config.output_size
         try:
-            sr = self.model.upscale_uint8(np.stack(crops)[..., ::-1], (size, size), amp=self.config.amp)  # RGB model
+            sr = self.model.upscale_uint8([crop[..., ::-1] for crop in crops], (size, size), amp=self.config.amp)  # RGB
             finite = [True] * len(crops)
         except NonFiniteOutput as exc:
             sr, finite = exc.images, exc.finite.tolist()

@@ -273,7 +273,7 @@ def test_bad_model_config_names_the_dotted_key(cfg, message):
 
 def test_model_config_file_with_overrides(tmp_path):
     cfg = load_model_config(ROOT / "configs/model/arasfsr_edsr_cpu.yaml", {"skip": False, "decoder": {"layers": 3}})
-    assert cfg["skip"] is False and cfg["decoder"] == {"hidden": 128, "layers": 3}  # merged, not replaced
+    assert cfg["skip"] is False and cfg["decoder"] == {"hidden": 128, "layers": 3, "render": 0}  # merged, not replaced
     assert cfg["encoder"] == {"name": "edsr", "n_resblocks": 8, "n_feats": 32, "res_scale": 1.0}
     (tmp_path / "bad.yaml").write_text("decoder: [1, 2]")
     with pytest.raises(ConfigError, match="decoder must be a mapping"):

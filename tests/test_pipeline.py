@@ -128,8 +128,8 @@ def test_enhance_any_crop_size_to_the_output_size(method, output_size, tiny_weig
 
 def test_enhance_batches_equal_to_one_at_a_time(tiny_weights):
     enh = Enhancer(EnhancerConfig(method="arasfsr", weights=str(tiny_weights), batch_size=8))
-    faces = [face(1, i, side=20) for i in range(4)]
-    together = enh(faces)
+    faces = [face(1, 0, side=20), face(1, 1, side=31), face(2, 2, side=20), face(3, 3, side=14)]  # sizes mixed
+    together = enh(faces)  # one model call: every size group encoded, all decoded together
     alone = [enh([f])[0] for f in faces]
     assert all(np.abs(a.sr.astype(int) - b.sr.astype(int)).max() <= 1 for a, b in zip(together, alone))
 

@@ -123,6 +123,24 @@ class GlobalCoordinateModulation(nn.Module):
         return [torch.sin(layer(g_s)) for layer in self.layers]
 
 
+def fused_layer(layer: nn.Linear, s: torch.Tensor, g: torch.Tensor | None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(W [m_i, s_i] + b (+ shift)) with m_i = s_i * g_i (eq. 9-12), or relu(W s_i + b (+ shift)) when
+    `g` is None. W is applied as its two halves [W_m | W_s] so the concatenation [m_i, s_i] is never
+    materialised: per output pixel this layer is memory-bound, and the copy cost as much as the product."""
+    width = s.shape[-1]
+    rows = s.reshape(-1, width)
+    if g is None:
+        out = torch.addmm(layer.bias, rows, layer.weight.t())
+    else:
+        out = torch.addmm(layer.bias, rows, layer.weight[:, width:].t())  # W_s s_i + b
+        out = out.addmm_((s * g).reshape(-1, width), layer.weight[:, :width].t())  # + W_m m_i
+    out = out.view(*s.shape[:-1], -1)
+    if shift is not None:
+        out = out.add_(shift)
+    return out.relu_()
+
+
 class ImplicitDecoder(nn.Module):
     """f_theta: the MLP of eq. 7-12, modulated when `modulated` (else LIIF's plain MLP).
 
@@ -153,8 +171,7 @@ class ImplicitDecoder(nn.Module):
     def forward(self, projected: torch.Tensor, query: torch.Tensor, g: list[torch.Tensor] | None) -> torch.Tensor:
         s = torch.relu(projected + self.query_proj(query))  # s_0, eq. 7
         for i, layer in enumerate(self.hidden):
-            x = torch.cat([s * g[i], s], dim=-1) if self.modulated else s  # [m_{i}, s_{i}], eq. 9, 12
-            s = torch.relu(layer(x))  # s_{i+1}, eq. 10
+            s = fused_layer(layer, s, g[i] if self.modulated else None)  # s_{i+1}, eq. 9, 10, 12
         return self.out(s)
 
 
@@ -197,8 +214,8 @@ class LatentModulatedDecoder(nn.Module):
         latent, *shifts = projected.split(self.render, dim=-1)
         s = torch.relu(latent + self.query_proj(query))  # s_0, eq. 7 with the code part from the latent MLP
         for i, layer in enumerate(self.hidden):
-            x = torch.cat([s * g[i], s], dim=-1) if self.modulated else s  # [m_i, s_i], eq. 9, 12
-            s = torch.relu(layer(x) + shifts[i])  # s_{i+1}, eq. 10, shifted by the LR position's latent
+            # s_{i+1}, eq. 9, 10, 12, shifted by the LR position's latent
+            s = fused_layer(layer, s, g[i] if self.modulated else None, shifts[i])
         return self.out(s)
 
 

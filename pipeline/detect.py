@@ -51,6 +51,27 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install --no-deps facenet-pytorch==2.6.0"
 MAX_FRAMES_PER_BATCH = 16  # frames pushed through the pyramid together (bounds memory)
 MAX_CROPS_PER_BATCH = 512  # R-Net / O-Net windows per forward pass (bounds memory)
+STAGES = ("pnet", "rnet", "onet", "other")
+
+
+@dataclass
+class DetectProfile:
+    """Where a detector's time went, summed over its detect() calls (see MTCNNDetector.profile).
+
+    seconds: per stage: "pnet" (pyramid resampling, P-Net, its NMS), "rnet" and "onet" (crops,
+        network, NMS), "other" (input conversion, resizing, summed-area tables, results).
+    pnet_pixels: pixels P-Net ran on (all pyramid levels of all frames); rnet_windows /
+        onet_windows: crops those networks scored. Work counts, independent of the machine's load.
+    """
+
+    frames: int = 0
+    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    pnet_pixels: int = 0
+    rnet_windows: int = 0
+    onet_windows: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -454,6 +475,7 @@ class MTCNNDetector:
         self.rnet = _load(RNet(), folder / "rnet.pt", self.device)
         self.onet = _load(ONet(), folder / "onet.pt", self.device)
         self._warned: set[str] = set()
+        self.profile = DetectProfile()
         log.debug("MTCNN on %s, %s", self.device, self.config)
 
     @torch.inference_mode()
@@ -464,6 +486,7 @@ class MTCNNDetector:
         landmarks (left eye, right eye, nose, mouth left, mouth right; x, y) in frame pixels.
         """
         start = time.perf_counter()
+        networks = sum(self.profile.seconds[stage] for stage in STAGES[:3])
         images = [self._as_bgr(frame, k) for k, frame in enumerate(frames)]
         results: list[list[Detection]] = [[] for _ in images]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -482,10 +505,11 @@ class MTCNNDetector:
                         Detection(box=b, score=float(p), landmarks=m) for b, p, m in zip(boxes, scores, points)
                     ]
         if images:
-            log.debug(
-                "detected %d faces in %d frames in %.3f s",
-                sum(map(len, results)), len(images), time.perf_counter() - start,
-            )
+            elapsed = time.perf_counter() - start
+            self.profile.frames += len(images)
+            networks = sum(self.profile.seconds[stage] for stage in STAGES[:3]) - networks
+            self.profile.seconds["other"] += elapsed - networks
+            log.debug("detected %d faces in %d frames in %.3f s", sum(map(len, results)), len(images), elapsed)
         return results
 
     # -- input handling --
@@ -531,16 +555,22 @@ class MTCNNDetector:
         rgb = torch.from_numpy(batch_bgr).to(self.device).flip(-1)  # B x H x W x 3, RGB
         images = rgb.permute(0, 3, 1, 2).float()
         table = summed_area_table(rgb)
-        boxes, index = self._propose(images)
+        boxes, index = self._timed("pnet", self._propose, images)
         if len(boxes):
-            boxes, index = self._refine(table, rgb, boxes, index)
+            boxes, index = self._timed("rnet", self._refine, table, rgb, boxes, index)
         if len(boxes):
-            boxes, scores, index, points = self._output(table, rgb, boxes, index)
+            boxes, scores, index, points = self._timed("onet", self._output, table, rgb, boxes, index)
         else:
             scores, points = boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
         boxes, scores, points = (t.float().cpu().numpy() for t in (boxes, scores, points))
         index = index.cpu().numpy()
         return [(boxes[index == b], scores[index == b], points[index == b]) for b in range(len(batch_bgr))]
+
+    def _timed(self, stage: str, fn: Callable, *args: object):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.profile.seconds[stage] += time.perf_counter() - t0
+        return out
 
     def _propose(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Stage 1: P-Net over the pyramid; NMS per level, then across levels; squared boxes."""
@@ -549,6 +579,7 @@ class MTCNNDetector:
         found: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for scale in pyramid_scales(height, width, self.config.min_face_size, self.config.factor):
             level = pyramid_level(images, (int(height * scale + 1), int(width * scale + 1)))
+            self.profile.pnet_pixels += level.shape[0] * level.shape[2] * level.shape[3]
             offsets, prob = self.pnet(_normalize(level))
             index, row, col = torch.nonzero(prob >= threshold, as_tuple=True)
             if index.numel() == 0:
@@ -572,6 +603,7 @@ class MTCNNDetector:
     def _refine(self, table: Tensor, rgb: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         """Stage 2: R-Net on 24 x 24 crops; threshold, NMS, regression, squared boxes."""
         boxes, index, windows = self._crops(table, boxes, index)
+        self.profile.rnet_windows += len(boxes)
         offsets, prob = _in_chunks(
             lambda s: self.rnet(_normalize(resample_windows(table, index[s], windows[s], 24, rgb))),
             len(boxes), MAX_CROPS_PER_BATCH,
@@ -586,6 +618,7 @@ class MTCNNDetector:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Stage 3: O-Net on 48 x 48 crops; threshold, landmarks, regression, NMS ("min")."""
         boxes, index, windows = self._crops(table, boxes, index)
+        self.profile.onet_windows += len(boxes)
         offsets, marks, prob = _in_chunks(
             lambda s: self.onet(_normalize(resample_windows(table, index[s], windows[s], 48, rgb))),
             len(boxes), MAX_CROPS_PER_BATCH,

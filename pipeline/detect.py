@@ -219,13 +219,27 @@ def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -
     return scales
 
 
-def pyramid_level(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resample B x C x H x W images to one pyramid level: area averaging when shrinking (the
-    reference's kernel), bilinear when enlarging (levels above scale 1, for faces below P-Net's
-    12 px window, and the one-pixel stretch at scale 1), where "area" would repeat pixels."""
-    if size[0] <= images.shape[2] and size[1] <= images.shape[3]:
-        return F.interpolate(images, size=size, mode="area")
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+def pyramid_level(rgb: Tensor, table: Tensor, size: tuple[int, int]) -> Tensor:
+    """One pyramid level of B x H x W x C uint8 images (`table`: their summed-area table) as
+    B x C x h x w float in channels-last memory (P-Net's convolutions run about a third faster so).
+
+    Shrinking: area averaging, the reference's kernel (F.interpolate(mode="area")), computed from
+    the summed-area table: a few gathers instead of adaptive average pooling over the whole frame,
+    which cost as much as a third of P-Net's own time. Enlarging (levels above scale 1, for faces
+    below P-Net's 12 px window, and the one-pixel stretch at scale 1): bilinear, where "area" would
+    repeat pixels."""
+    height, width = rgb.shape[1:3]
+    if size[0] <= height and size[1] <= width:
+        zero = torch.zeros(1, dtype=torch.long, device=rgb.device)
+        y_lo, y_hi = (b[0] for b in _area_bins(zero, zero + height, size[0]))
+        x_lo, x_hi = (b[0] for b in _area_bins(zero, zero + width, size[1]))
+        rows = table.index_select(1, y_hi) - table.index_select(1, y_lo)  # B x h x (W+1) x C
+        total = rows.index_select(2, x_hi) - rows.index_select(2, x_lo)  # B x h x w x C
+        area = (y_hi - y_lo)[:, None] * (x_hi - x_lo)[None, :]
+        return (total.float() / area[..., None].float()).permute(0, 3, 1, 2)
+    images = rgb.permute(0, 3, 1, 2).float()
+    level = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    return level.contiguous(memory_format=torch.channels_last)
 
 
 def _overlaps(boxes: np.ndarray, others: np.ndarray, pad: float, mode: str) -> np.ndarray:
@@ -386,19 +400,19 @@ def _resize_axis(crop: Tensor, size: int, enlarge: bool, dim: int) -> Tensor:
     return F.interpolate(crop, size=target, mode="area")
 
 
+def _area_bins(start: Tensor, end: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Rows (or columns) [lo, hi) that each of `size` outputs averages over [start, end): N x size
+    each, the bins of adaptive average pooling (F.interpolate(mode="area"))."""
+    i = torch.arange(size, device=start.device)
+    length = (end - start)[:, None]
+    return start[:, None] + (i * length) // size, start[:, None] + ((i + 1) * length + size - 1) // size
+
+
 def _area_windows(table: Tensor, image_index: Tensor, windows: Tensor, size: int) -> Tensor:
     """Area-resample (box average) every window: N x size x size x C, exact (integer sums)."""
     batch, rows, cols, channels = table.shape
-    i = torch.arange(size, device=windows.device)
-
-    def bins(start: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
-        length = (end - start)[:, None]
-        lo = start[:, None] + (i * length) // size
-        hi = start[:, None] + ((i + 1) * length + size - 1) // size
-        return lo, hi
-
-    x_lo, x_hi = bins(windows[:, 0], windows[:, 2])
-    y_lo, y_hi = bins(windows[:, 1], windows[:, 3])
+    x_lo, x_hi = _area_bins(windows[:, 0], windows[:, 2], size)
+    y_lo, y_hi = _area_bins(windows[:, 1], windows[:, 3], size)
     flat = table.reshape(batch * rows * cols, channels)
     base = image_index[:, None, None] * rows
 
@@ -553,9 +567,8 @@ class MTCNNDetector:
     def _cascade(self, batch_bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """B x H x W x 3 uint8 BGR -> per frame (boxes N x 4, scores N, landmarks N x 5 x 2)."""
         rgb = torch.from_numpy(batch_bgr).to(self.device).flip(-1)  # B x H x W x 3, RGB
-        images = rgb.permute(0, 3, 1, 2).float()
         table = summed_area_table(rgb)
-        boxes, index = self._timed("pnet", self._propose, images)
+        boxes, index = self._timed("pnet", self._propose, rgb, table)
         if len(boxes):
             boxes, index = self._timed("rnet", self._refine, table, rgb, boxes, index)
         if len(boxes):
@@ -572,25 +585,28 @@ class MTCNNDetector:
         self.profile.seconds[stage] += time.perf_counter() - t0
         return out
 
-    def _propose(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Stage 1: P-Net over the pyramid; NMS per level, then across levels; squared boxes."""
-        _, _, height, width = images.shape
+    def _propose(self, rgb: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+        """Stage 1: P-Net over the pyramid; NMS per level, then across levels; squared boxes.
+
+        One P-Net call per level: packing all levels into one canvas (gaps between them, so that
+        no window spans two) was measured 2.7x slower on the CPU (BENCHMARKS.md, "Detection cost")."""
+        _, height, width, _ = rgb.shape
         threshold = self.config.thresholds[0]
         found: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         for scale in pyramid_scales(height, width, self.config.min_face_size, self.config.factor):
-            level = pyramid_level(images, (int(height * scale + 1), int(width * scale + 1)))
+            level = pyramid_level(rgb, table, (int(height * scale + 1), int(width * scale + 1)))
             self.profile.pnet_pixels += level.shape[0] * level.shape[2] * level.shape[3]
             offsets, prob = self.pnet(_normalize(level))
             index, row, col = torch.nonzero(prob >= threshold, as_tuple=True)
             if index.numel() == 0:
                 continue
-            cell = torch.stack([col, row], 1).to(images.dtype)
+            cell = torch.stack([col, row], 1).float()
             boxes = torch.cat([((2 * cell + 1) / scale).floor(), ((2 * cell + 12) / scale).floor()], 1)
             scores = prob[index, row, col]
             keep = nms(boxes, scores, index, 0.5)
             found.append((boxes[keep], scores[keep], offsets[index, :, row, col][keep], index[keep]))
         if not found:
-            return images.new_zeros(0, 4), torch.zeros(0, dtype=torch.long, device=images.device)
+            return torch.zeros(0, 4, device=rgb.device), torch.zeros(0, dtype=torch.long, device=rgb.device)
         boxes, scores, offsets, index = (torch.cat(parts) for parts in zip(*found))
         keep = nms(boxes, scores, index, 0.7)
         return square(regress(boxes[keep], offsets[keep], inclusive=False)), index[keep]

@@ -107,6 +107,48 @@ def test_large_frame_is_downscaled_and_mapped_back(detector, astronaut):
     assert faces[0].score > 0.99
 
 
+# Today's cascade before the speed-ups of issue 11 (channels-last P-Net, pyramid levels from the
+# summed-area table): its boxes on the astronaut and on a generated frame with three pasted faces.
+# The speed-ups must not move them.
+BEFORE_SPEEDUPS = {
+    (12, "astronaut"): [[181.84, 63.51, 266.97, 174.05]],
+    (12, "scene"): [[99.91, 44.90, 135.76, 89.98], [323.26, 316.01, 342.81, 340.30], [525.53, 70.01, 536.35, 83.23]],
+    (20, "astronaut"): [[181.05, 62.16, 267.75, 172.05]],
+    (20, "scene"): [[100.47, 45.72, 134.23, 87.93], [322.50, 315.28, 342.85, 340.83], [525.08, 69.91, 536.24, 83.32]],
+}
+
+
+def scene_with_faces(astronaut: np.ndarray) -> np.ndarray:
+    """480 x 640: a noisy colour gradient with the astronaut pasted at 200, 120 and 70 px."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:480, 0:640]
+    background = np.stack([xx * 0.3 + 40, yy * 0.3 + 60, (xx + yy) * 0.15 + 80], -1)
+    frame = np.clip(background + rng.normal(0, 6, background.shape), 0, 255).astype(np.uint8)
+    for side, (y, x) in ((200, (20, 30)), (120, (300, 280)), (70, (60, 500))):
+        frame[y : y + side, x : x + side] = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+@pytest.mark.parametrize("min_face", [12, 20])
+def test_boxes_are_those_of_the_cascade_before_the_speedups(astronaut, min_face):
+    detector = MTCNNDetector(device="cpu", min_face_size=min_face)
+    for name, image in (("astronaut", astronaut), ("scene", scene_with_faces(astronaut))):
+        [faces] = detector.detect([image])
+        np.testing.assert_allclose([f.box for f in faces], BEFORE_SPEEDUPS[min_face, name], atol=0.05)
+
+
+def test_profile_counts_the_work_of_each_stage(astronaut):
+    detector = MTCNNDetector(device="cpu", min_face_size=20)
+    detector.detect([astronaut, astronaut])
+    profile = detector.profile
+    scales = pyramid_scales(512, 512, 20, detector.config.factor)
+    assert profile.frames == 2
+    assert profile.pnet_pixels == 2 * sum(int(512 * s + 1) ** 2 for s in scales)
+    assert profile.rnet_windows > profile.onet_windows >= 2  # R-Net rejects most of P-Net's proposals
+    assert set(profile.seconds) == {"pnet", "rnet", "onet", "other"}
+    assert all(v > 0 for v in profile.seconds.values())
+
+
 # --- no faces, batching, inputs -------------------------------------------------------------
 
 
@@ -287,12 +329,16 @@ def test_pyramid_starts_above_scale_one_below_pnet_window():
 
 def test_pyramid_levels_enlarge_bilinear_and_shrink_by_area():
     rng = np.random.default_rng(3)
-    images = torch.from_numpy(rng.integers(0, 256, (2, 3, 20, 30))).float()
-    up = pyramid_level(images, (31, 46))
+    rgb = torch.from_numpy(rng.integers(0, 256, (2, 20, 30, 3), dtype=np.uint8))
+    table = summed_area_table(rgb)
+    images = rgb.permute(0, 3, 1, 2).float()
+    up = pyramid_level(rgb, table, (31, 46))
     torch.testing.assert_close(up, F.interpolate(images, size=(31, 46), mode="bilinear", align_corners=False))
     assert not torch.allclose(up, F.interpolate(images, size=(31, 46), mode="area"))  # not pixel repetition
-    down = pyramid_level(images, (15, 22))
-    torch.testing.assert_close(down, F.interpolate(images, size=(15, 22), mode="area"))
+    for size in ((15, 22), (20, 30), (7, 29), (1, 1)):  # from the summed-area table: the same as "area"
+        down = pyramid_level(rgb, table, size)
+        torch.testing.assert_close(down, F.interpolate(images, size=size, mode="area"))
+        assert down.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_min_face_below_pnet_window_runs_on_enlarged_levels(astronaut):

@@ -29,7 +29,8 @@ import dataclasses
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,6 +53,8 @@ INSTALL_HINT = "pip install --no-deps facenet-pytorch==2.6.0"
 MAX_FRAMES_PER_BATCH = 16  # frames pushed through the pyramid together (bounds memory)
 MAX_CROPS_PER_BATCH = 512  # R-Net / O-Net windows per forward pass (bounds memory)
 STAGES = ("pnet", "rnet", "onet", "other")
+ROI_FACE = 48  # px: an expected face's side in its region-of-interest crop (O-Net's window)
+ROI_PAD = 1.0  # a region of interest: the expected box grown by this many box sides on each side
 
 
 @dataclass
@@ -207,7 +210,7 @@ def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
 # --- cascade building blocks ----------------------------------------------------------------
 
 
-def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -> list[float]:
+def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
     """Scales at which P-Net's 12 px window covers faces from min_face_size up to the image."""
     scale = 12.0 / min_face_size
     side = min(height, width) * scale
@@ -458,9 +461,26 @@ def _normalize(pixels: Tensor) -> Tensor:
     return (pixels - 127.5) * 0.0078125
 
 
+def _detections(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[Detection]:
+    return [Detection(box=b, score=float(p), landmarks=m) for b, p, m in zip(boxes, scores, points)]
+
+
 def _in_chunks(fn: Callable[[slice], tuple[Tensor, ...]], n: int, chunk: int) -> tuple[Tensor, ...]:
     outs = [fn(slice(s, s + chunk)) for s in range(0, max(n, 1), chunk)]  # n == 0: one empty call
     return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+def roi_windows(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Square crop windows (x0, y0, side), N x 3 int, around expected face boxes (N x 4 xyxy) in a
+    height x width frame: centred on the box, side (1 + 2 * ROI_PAD) x the box's longer side (a face
+    that moved up to ROI_PAD sides since it was tracked is still whole inside), moved inside the
+    frame rather than cut by its edge, and no larger than the frame's shorter side."""
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    longer = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    side = np.clip(np.round(longer * (1 + 2 * ROI_PAD)), 1, min(height, width)).astype(int)
+    x0 = np.round((boxes[:, 0] + boxes[:, 2] - side) / 2).astype(int)
+    y0 = np.round((boxes[:, 1] + boxes[:, 3] - side) / 2).astype(int)
+    return np.stack([np.clip(x0, 0, width - side), np.clip(y0, 0, height - side), side], 1)
 
 
 # --- the detector ---------------------------------------------------------------------------
@@ -499,32 +519,67 @@ class MTCNNDetector:
         Returns one list per frame of Detections, highest score first; boxes (xyxy) and
         landmarks (left eye, right eye, nose, mouth left, mouth right; x, y) in frame pixels.
         """
+        with self._profiling(len(frames)):
+            images = [self._as_bgr(frame, k) for k, frame in enumerate(frames)]
+            results: list[list[Detection]] = [[] for _ in images]
+            groups: dict[tuple[int, int], list[int]] = {}
+            for k, image in enumerate(images):
+                groups.setdefault(image.shape[:2], []).append(k)
+            for (height, width), members in groups.items():
+                size = self._detection_size(height, width)
+                scale = np.array([width / size[1], height / size[0]], np.float32)
+                for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
+                    chunk = members[s : s + MAX_FRAMES_PER_BATCH]
+                    batch = np.stack([self._resize(images[k], size) for k in chunk])
+                    found = self._cascade(batch, self.config.min_face_size)
+                    for k, (boxes, scores, points) in zip(chunk, found):
+                        results[k] = _detections(boxes * np.tile(scale, 2), scores, points * scale)
+            log.debug("detected %d faces in %d frames", sum(map(len, results)), len(images))
+        return results
+
+    @torch.inference_mode()
+    def detect_around(self, frame: np.ndarray, boxes: np.ndarray) -> list[Detection]:
+        """Faces near where they are expected (N x 4 xyxy boxes, e.g. a tracker's predictions) in
+        one frame, at a small part of a full detection's cost (detect.roi).
+
+        Each region (`roi_windows`) is scaled so its expected face is ROI_FACE px, and all regions
+        go through the cascade as one batch, searching faces from half to the whole region's size.
+        A face centred farther than one box side from the expected centre is dropped (it is cut
+        by the region's edge; a full detection finds it), and a face found in two overlapping
+        regions is kept once. Returns Detections in frame pixels, highest score first."""
+        with self._profiling(1):
+            image = self._as_bgr(frame, 0)
+            windows = roi_windows(boxes, *image.shape[:2])
+            if not len(windows):
+                return []
+            side = round(ROI_FACE * (1 + 2 * ROI_PAD))
+            found = []
+            for s in range(0, len(windows), MAX_FRAMES_PER_BATCH):
+                chunk = windows[s : s + MAX_FRAMES_PER_BATCH]
+                batch = np.stack([self._resize(image[y : y + n, x : x + n], (side, side)) for x, y, n in chunk])
+                found += self._cascade(batch, ROI_FACE / 2)
+            expected = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+            kept = []
+            for (x, y, n), box, (crop_boxes, scores, points) in zip(windows, expected, found):
+                scale, origin = np.float32(n / side), np.array([x, y], np.float32)
+                crop_boxes, points = crop_boxes * scale + np.tile(origin, 2), points * scale + origin
+                reach = np.max(box[2:] - box[:2])
+                near = np.all(np.abs((crop_boxes[:, :2] + crop_boxes[:, 2:]) / 2 - (box[:2] + box[2:]) / 2) <= reach, 1)
+                kept.append((crop_boxes[near], scores[near], points[near]))
+            crop_boxes, scores, points = (np.concatenate(parts) for parts in zip(*kept))
+            keep = nms(torch.from_numpy(crop_boxes), torch.from_numpy(scores),
+                       torch.zeros(len(scores), dtype=torch.long), 0.7, mode="min").numpy()
+            return _detections(crop_boxes[keep], scores[keep], points[keep])
+
+    @contextmanager
+    def _profiling(self, frames: int) -> Iterator[None]:
+        """Adds a call's seconds to the profile: its stages' own (see _timed), the rest as "other"."""
         start = time.perf_counter()
         networks = sum(self.profile.seconds[stage] for stage in STAGES[:3])
-        images = [self._as_bgr(frame, k) for k, frame in enumerate(frames)]
-        results: list[list[Detection]] = [[] for _ in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for k, image in enumerate(images):
-            groups.setdefault(image.shape[:2], []).append(k)
-        for (height, width), members in groups.items():
-            size = self._detection_size(height, width)
-            sx, sy = width / size[1], height / size[0]
-            for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
-                chunk = members[s : s + MAX_FRAMES_PER_BATCH]
-                batch = np.stack([self._resize(images[k], size) for k in chunk])
-                for k, (boxes, scores, points) in zip(chunk, self._cascade(batch)):
-                    boxes *= np.array([sx, sy, sx, sy], np.float32)
-                    points *= np.array([sx, sy], np.float32)
-                    results[k] = [
-                        Detection(box=b, score=float(p), landmarks=m) for b, p, m in zip(boxes, scores, points)
-                    ]
-        if images:
-            elapsed = time.perf_counter() - start
-            self.profile.frames += len(images)
-            networks = sum(self.profile.seconds[stage] for stage in STAGES[:3]) - networks
-            self.profile.seconds["other"] += elapsed - networks
-            log.debug("detected %d faces in %d frames in %.3f s", sum(map(len, results)), len(images), elapsed)
-        return results
+        yield
+        elapsed = time.perf_counter() - start
+        self.profile.frames += frames
+        self.profile.seconds["other"] += elapsed - (sum(self.profile.seconds[s] for s in STAGES[:3]) - networks)
 
     # -- input handling --
 
@@ -558,17 +613,20 @@ class MTCNNDetector:
 
     @staticmethod
     def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Area averaging when shrinking; bilinear when enlarging (a small face's region)."""
         if image.shape[:2] == size:
             return image
-        return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        shrink = size[0] <= image.shape[0] and size[1] <= image.shape[1]
+        return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
     # -- the cascade on one batch of equal-size frames --
 
-    def _cascade(self, batch_bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """B x H x W x 3 uint8 BGR -> per frame (boxes N x 4, scores N, landmarks N x 5 x 2)."""
+    def _cascade(self, batch_bgr: np.ndarray, min_face: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """B x H x W x 3 uint8 BGR -> per frame (boxes N x 4, scores N, landmarks N x 5 x 2), for
+        faces from min_face px up to the frame's size."""
         rgb = torch.from_numpy(batch_bgr).to(self.device).flip(-1)  # B x H x W x 3, RGB
         table = summed_area_table(rgb)
-        boxes, index = self._timed("pnet", self._propose, rgb, table)
+        boxes, index = self._timed("pnet", self._propose, rgb, table, min_face)
         if len(boxes):
             boxes, index = self._timed("rnet", self._refine, table, rgb, boxes, index)
         if len(boxes):
@@ -585,7 +643,7 @@ class MTCNNDetector:
         self.profile.seconds[stage] += time.perf_counter() - t0
         return out
 
-    def _propose(self, rgb: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
+    def _propose(self, rgb: Tensor, table: Tensor, min_face: float) -> tuple[Tensor, Tensor]:
         """Stage 1: P-Net over the pyramid; NMS per level, then across levels; squared boxes.
 
         One P-Net call per level: packing all levels into one canvas (gaps between them, so that
@@ -593,7 +651,7 @@ class MTCNNDetector:
         _, height, width, _ = rgb.shape
         threshold = self.config.thresholds[0]
         found: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for scale in pyramid_scales(height, width, self.config.min_face_size, self.config.factor):
+        for scale in pyramid_scales(height, width, min_face, self.config.factor):
             level = pyramid_level(rgb, table, (int(height * scale + 1), int(width * scale + 1)))
             self.profile.pnet_pixels += level.shape[0] * level.shape[2] * level.shape[3]
             offsets, prob = self.pnet(_normalize(level))

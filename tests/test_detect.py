@@ -15,16 +15,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.demo import demo_frames
 from pipeline.detect import (
+    ROI_PAD,
     DetectorConfig,
     MTCNNDetector,
     nms,
     pyramid_level,
     pyramid_scales,
     resample_windows,
+    roi_windows,
     summed_area_table,
     weights_dir,
 )
+from trackers import SortTracker, TrackerConfig
 from trackers.sort import iou_matrix
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.records import Detection
@@ -393,6 +397,59 @@ def test_small_faces_preset_finds_a_10px_jpeg_face_the_cctv_preset_misses(astron
         [faces] = MTCNNDetector(settings).detect([image])
         found[preset] = any(_iou(f.box, box) > 0.3 for f in faces)
     assert found == {"cctv": False, "small-faces": True}
+
+
+# --- region-of-interest detection (detect.roi) ---------------------------------------------
+
+
+def test_roi_windows_are_squares_around_the_box_inside_the_frame():
+    boxes = np.array([[100, 100, 140, 130], [0, 5, 20, 25], [590, 300, 640, 360], [10, 10, 400, 400]])
+    windows = roi_windows(boxes, 360, 640)
+    side = round(40 * (1 + 2 * ROI_PAD))
+    assert windows[0].tolist() == [120 - side // 2, 115 - side // 2, side]  # centred on the box
+    assert windows[1].tolist() == [0, 0, 60]  # moved inside at the top-left corner, not cut
+    assert windows[2].tolist() == [640 - 180, 360 - 180, 180]  # and at the bottom-right one
+    assert windows[3].tolist() == [25, 0, 360]  # never larger than the frame (still centred across)
+    assert roi_windows(np.zeros((0, 4)), 360, 640).shape == (0, 3)
+
+
+def _pnet_pixels(detector: MTCNNDetector, detect) -> tuple[list[Detection], int]:
+    before = detector.profile.pnet_pixels
+    found = detect()
+    return found, detector.profile.pnet_pixels - before
+
+
+def test_roi_frames_find_the_tracked_face_at_a_fraction_of_the_cost(detector):
+    """A face moving across a noisy frame, full detection every 3rd frame: on the frames between,
+    the regions around the tracker's expected box find the face a full detection finds (IoU > 0.5),
+    with P-Net looking at a tenth of the pixels at most."""
+    tracker = SortTracker(TrackerConfig(min_hits=1, stride=3))
+    full_cost, roi_cost = [], []
+    for i, frame in enumerate(demo_frames(15, face_from=70, face_to=40, seed=1)):
+        [full], cost = _pnet_pixels(detector, lambda: detector.detect([frame]))
+        full_cost.append(cost)
+        assert len(full) == 1
+        if i % 3:
+            found, cost = _pnet_pixels(detector, lambda: detector.detect_around(frame, tracker.expected_boxes(i)))
+            roi_cost.append(cost)
+            assert len(found) == 1 and _iou(found[0].box, full[0].box) > 0.5, i
+            assert found[0].score > 0.9 and found[0].landmarks.shape == (5, 2)
+            tracker.update(i, found)
+        else:
+            tracker.update(i, full)
+    assert len(roi_cost) == 10 and max(roi_cost) < 0.1 * min(full_cost)
+
+
+def test_roi_keeps_one_face_where_regions_overlap_and_drops_faces_cut_by_the_edge(detector, astronaut):
+    frame = scene_with_faces(astronaut)
+    [full] = detector.detect([frame])
+    boxes = np.array([f.box for f in full])
+    twice = detector.detect_around(frame, np.concatenate([boxes, boxes + 2]))  # every region twice, overlapping
+    np.testing.assert_allclose(sorted(f.box[0] for f in twice), sorted(boxes[:, 0]), atol=3.0)
+    # a region expecting a face 1.5 box sides left of the real one: the real face is cut or off-centre
+    side = boxes[0, 2] - boxes[0, 0]
+    assert detector.detect_around(frame, boxes[:1] - [1.5 * side, 0, 1.5 * side, 0]) == []
+    assert detector.detect_around(frame, np.zeros((0, 4))) == []
 
 
 # --- shared still images --------------------------------------------------------------------

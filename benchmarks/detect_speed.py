@@ -3,6 +3,7 @@ the time goes (P-Net pyramid, R-Net, O-Net, other).
 
     python benchmarks/detect_speed.py [--config configs/cctv.yaml] [--set detect.min_face_size=20] \
         [--every 10 --first 300] [--baseline benchmarks/results/detect_speed_baseline.json] \
+        [--against /path/to/other/checkout/pipeline/detect.py] \
         --json out/detect_speed.json --plot out/detect_speed.png
 
 Input sets: every still under ../shared/data/stills/<folder>/** (one set per folder), and every
@@ -12,11 +13,15 @@ the config's detect section on the CPU), after one warm-up call. Per set: faces 
 frame (p50, mean), the detector's `profile` (seconds per stage, P-Net pixels, R-/O-Net windows).
 With --baseline (an earlier --json), each set's face count is compared with it: the change in %,
 and `counts_within_1pct` over all sets (exit 1 when not). Timings move with the machine's load:
-compare two versions by alternating runs of each, not with a result recorded at another time.
+compare two versions of the detector with --against (another checkout's pipeline/detect.py, e.g.
+from `git archive`): both detect every image, alternately (the order swapped from image to image),
+so that the load hits both alike; the other's results are under "against" in the JSON.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
 import json
 import logging
 import platform
@@ -74,19 +79,25 @@ def clip_sets(root: Path, every: int, first: int) -> dict[str, list[tuple[str, n
     return sets
 
 
-def measure(detector: MTCNNDetector, images: list[tuple[str, np.ndarray]]) -> dict:
-    """Faces, seconds per frame and the detector's profile over one input set."""
-    before = detector.profile.as_dict()
-    seconds, faces = [], {}
-    for name, image in images:
-        t0 = time.perf_counter()
-        [found] = detector.detect([image])
-        seconds.append(time.perf_counter() - t0)
-        faces[name] = len(found)
-    after = detector.profile.as_dict()
-    n = max(len(images), 1)
+def measure(detectors: list[MTCNNDetector], images: list[tuple[str, np.ndarray]]) -> list[dict]:
+    """Per detector: faces, seconds per frame and its profile over one input set. Each image goes
+    through every detector in turn, the order rotated from image to image."""
+    before = [d.profile.as_dict() for d in detectors]
+    seconds: list[list[float]] = [[] for _ in detectors]
+    faces: list[dict[str, int]] = [{} for _ in detectors]
+    for k, (name, image) in enumerate(images):
+        for j in np.roll(np.arange(len(detectors)), k):
+            t0 = time.perf_counter()
+            [found] = detectors[j].detect([image])
+            seconds[j].append(time.perf_counter() - t0)
+            faces[j][name] = len(found)
+    return [_row(d.profile.as_dict(), b, s, f, len(images)) for d, b, s, f in zip(detectors, before, seconds, faces)]
+
+
+def _row(after: dict, before: dict, seconds: list[float], faces: dict[str, int], frames: int) -> dict:
+    n = max(frames, 1)
     return {
-        "frames": len(images), "faces": sum(faces.values()), "faces_per_image": faces,
+        "frames": frames, "faces": sum(faces.values()), "faces_per_image": faces,
         "s_per_frame_p50": round(float(np.median(seconds)), 4) if seconds else None,
         "s_per_frame_mean": round(float(np.mean(seconds)), 4) if seconds else None,
         "stage_s_per_frame": {s: round((after["seconds"][s] - before["seconds"][s]) / n, 4) for s in STAGES},
@@ -94,6 +105,21 @@ def measure(detector: MTCNNDetector, images: list[tuple[str, np.ndarray]]) -> di
         "rnet_windows_per_frame": round((after["rnet_windows"] - before["rnet_windows"]) / n, 1),
         "onet_windows_per_frame": round((after["onet_windows"] - before["onet_windows"]) / n, 1),
     }
+
+
+def load_other_detector(path: Path, config) -> MTCNNDetector:
+    """MTCNNDetector from another version of pipeline/detect.py (it must keep `profile`), loaded
+    inside this checkout's `pipeline` package so that its relative imports resolve."""
+    if not path.is_file():
+        raise PipelineError(f"--against: {path} not found")
+    spec = importlib.util.spec_from_file_location("pipeline._detect_against", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    detector = module.MTCNNDetector(module.DetectorConfig(**dataclasses.asdict(config)))
+    if not hasattr(detector, "profile"):
+        raise PipelineError(f"--against: {path} has no MTCNNDetector.profile (older than the profile)")
+    return detector
 
 
 def compare_counts(results: dict, baseline: dict) -> dict:
@@ -144,17 +170,25 @@ def run(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise PipelineError(f"{folder} not found: the shared data (../shared/data) is needed")
     sets = {**still_sets(args.stills), **clip_sets(args.videos, args.every, args.first)}
-    detector.detect([np.zeros((240, 320, 3), np.uint8)])  # warm-up: first-call allocations
+    detectors = [detector] + ([load_other_detector(args.against, detector.config)] if args.against else [])
+    for d in detectors:
+        d.detect([np.zeros((240, 320, 3), np.uint8)])  # warm-up: first-call allocations
     result = {
         "config": args.config, "overrides": args.overrides, "every": args.every, "first": args.first,
         "threads": args.threads, "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "sets": {},
     }
+    if args.against:
+        result["against"] = {"detector": str(args.against), "sets": {}}
     for name, images in sets.items():
-        result["sets"][name] = measure(detector, images)
-        row = result["sets"][name]
-        log.info("%-32s %4d frames %5d faces  p50 %.3f s  mean %.3f s", name, row["frames"], row["faces"],
-                 row["s_per_frame_p50"] or 0, row["s_per_frame_mean"] or 0)
+        rows = measure(detectors, images)
+        result["sets"][name] = row = rows[0]
+        if args.against:
+            result["against"]["sets"][name] = rows[1]
+        log.info("%-32s %4d frames %5d faces  p50 %.3f s  mean %.3f s%s", name, row["frames"], row["faces"],
+                 row["s_per_frame_p50"] or 0, row["s_per_frame_mean"] or 0,
+                 f"  (against: {rows[1]['faces']} faces, p50 {rows[1]['s_per_frame_p50'] or 0:.3f} s)"
+                 if args.against else "")
     status = 0
     if args.baseline:
         result["baseline"] = str(args.baseline)
@@ -182,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first", type=int, default=300, help="from the first N frames of each clip")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: timings less bent by other load)")
     ap.add_argument("--baseline", type=Path, help="an earlier --json to compare face counts with")
+    ap.add_argument("--against", type=Path, help="another version's pipeline/detect.py, timed alternately")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args(argv)

@@ -265,6 +265,7 @@ class SortTracker:
 
     update(frame_index, detections) -> list[TrackUpdate]: a detection frame (None = no detection).
     predict(frame_index) -> list[TrackUpdate]: a frame without detection.
+    expected_boxes(frame_index) -> N x 4: where the live tracks are expected on a coming frame (no update).
     pop_ended() -> list[TrackEnd]: the tracks that ended since the last call.
     finish(reason="stream_end"): the input has ended; every live track ends (reported by the next
     `pop_ended`). `dropped` counts the detections that reached no track, by reason.

@@ -34,6 +34,9 @@ class DetectSettings(DetectorConfig):
     min_face_size: int = setting(14, lo=1)  # smaller than MTCNN's stock 20: CCTV faces are small (P-Net's floor is 12)
     every: int = setting(1, lo=1)  # run the detector on every k-th frame; the tracker predicts in between
     batch: int = setting(4, lo=1)  # frames per detector call (files; live streams take what is queued)
+    # between full detections (every > 1): look for the tracked faces only around where the tracker expects
+    # them (MTCNNDetector.detect_around), instead of only predicting their boxes
+    roi: bool = False
 
     def detector(self) -> DetectorConfig:
         names = {f.name for f in dataclasses.fields(DetectorConfig)}

@@ -15,7 +15,9 @@ above scale 1, or an R-Net / O-Net crop smaller than 24 / 48 px, i.e. a small fa
 resampled bilinearly; the stock "area" kernel repeats pixels into blocks there, and small JPEG
 faces are then missed (benchmarks/detect_small.py). Frames are batched through the pyramid
 (all frames of one size together); crops for R-Net and O-Net are resampled for all windows at
-once from a summed-area table (and the frames' pixels, for the enlarged ones).
+once from a summed-area table (and the frames' pixels, for the enlarged ones), as are the
+shrunk pyramid levels. `detect_around` runs the same cascade only on regions around where faces
+are expected (a tracker's predictions; detect.roi), and `profile` says where the time went.
 
 Example:
     >>> import numpy as np
@@ -29,7 +31,8 @@ import dataclasses
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -51,6 +54,29 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install --no-deps facenet-pytorch==2.6.0"
 MAX_FRAMES_PER_BATCH = 16  # frames pushed through the pyramid together (bounds memory)
 MAX_CROPS_PER_BATCH = 512  # R-Net / O-Net windows per forward pass (bounds memory)
+STAGES = ("pnet", "rnet", "onet", "other")
+ROI_FACE = 48  # px: an expected face's side in its region-of-interest crop (O-Net's window)
+ROI_PAD = 1.0  # a region of interest: the expected box grown by this many box sides on each side
+
+
+@dataclass
+class DetectProfile:
+    """Where a detector's time went, summed over its detect() calls (see MTCNNDetector.profile).
+
+    seconds: per stage: "pnet" (pyramid resampling, P-Net, its NMS), "rnet" and "onet" (crops,
+        network, NMS), "other" (input conversion, resizing, summed-area tables, results).
+    pnet_pixels: pixels P-Net ran on (all pyramid levels of all frames); rnet_windows /
+        onet_windows: crops those networks scored. Work counts, independent of the machine's load.
+    """
+
+    frames: int = 0
+    seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    pnet_pixels: int = 0
+    rnet_windows: int = 0
+    onet_windows: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -186,7 +212,7 @@ def _load(net: nn.Module, path: Path, device: torch.device) -> nn.Module:
 # --- cascade building blocks ----------------------------------------------------------------
 
 
-def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -> list[float]:
+def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
     """Scales at which P-Net's 12 px window covers faces from min_face_size up to the image."""
     scale = 12.0 / min_face_size
     side = min(height, width) * scale
@@ -198,13 +224,28 @@ def pyramid_scales(height: int, width: int, min_face_size: int, factor: float) -
     return scales
 
 
-def pyramid_level(images: Tensor, size: tuple[int, int]) -> Tensor:
-    """Resample B x C x H x W images to one pyramid level: area averaging when shrinking (the
-    reference's kernel), bilinear when enlarging (levels above scale 1, for faces below P-Net's
-    12 px window, and the one-pixel stretch at scale 1), where "area" would repeat pixels."""
-    if size[0] <= images.shape[2] and size[1] <= images.shape[3]:
-        return F.interpolate(images, size=size, mode="area")
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+def pyramid_level(rgb: Tensor, table: Tensor, size: tuple[int, int]) -> Tensor:
+    """One pyramid level of B x H x W x C uint8 images (`table`: their summed-area table) as
+    B x C x h x w float, channels-last in memory like the frames (P-Net's convolutions measured
+    about 1.5x faster so than on contiguous N x C x H x W).
+
+    Shrinking: area averaging, the reference's kernel (F.interpolate(mode="area")), computed from
+    the summed-area table: a few gathers instead of adaptive average pooling over the whole frame,
+    which took about a sixth of the detector's time on a 1280 x 720 frame. Enlarging (levels above scale 1, for faces
+    below P-Net's 12 px window, and the one-pixel stretch at scale 1): bilinear, where "area" would
+    repeat pixels."""
+    height, width = rgb.shape[1:3]
+    if size[0] <= height and size[1] <= width:
+        zero = torch.zeros(1, dtype=torch.long, device=rgb.device)
+        y_lo, y_hi = (b[0] for b in _area_bins(zero, zero + height, size[0]))
+        x_lo, x_hi = (b[0] for b in _area_bins(zero, zero + width, size[1]))
+        rows = table.index_select(1, y_hi) - table.index_select(1, y_lo)  # B x h x (W+1) x C
+        total = rows.index_select(2, x_hi) - rows.index_select(2, x_lo)  # B x h x w x C
+        area = (y_hi - y_lo)[:, None] * (x_hi - x_lo)[None, :]
+        return (total.float() / area[..., None].float()).permute(0, 3, 1, 2)
+    images = rgb.permute(0, 3, 1, 2).float()
+    level = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    return level.contiguous(memory_format=torch.channels_last)
 
 
 def _overlaps(boxes: np.ndarray, others: np.ndarray, pad: float, mode: str) -> np.ndarray:
@@ -365,19 +406,19 @@ def _resize_axis(crop: Tensor, size: int, enlarge: bool, dim: int) -> Tensor:
     return F.interpolate(crop, size=target, mode="area")
 
 
+def _area_bins(start: Tensor, end: Tensor, size: int) -> tuple[Tensor, Tensor]:
+    """Rows (or columns) [lo, hi) that each of `size` outputs averages over [start, end): N x size
+    each, the bins of adaptive average pooling (F.interpolate(mode="area"))."""
+    i = torch.arange(size, device=start.device)
+    length = (end - start)[:, None]
+    return start[:, None] + (i * length) // size, start[:, None] + ((i + 1) * length + size - 1) // size
+
+
 def _area_windows(table: Tensor, image_index: Tensor, windows: Tensor, size: int) -> Tensor:
     """Area-resample (box average) every window: N x size x size x C, exact (integer sums)."""
     batch, rows, cols, channels = table.shape
-    i = torch.arange(size, device=windows.device)
-
-    def bins(start: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
-        length = (end - start)[:, None]
-        lo = start[:, None] + (i * length) // size
-        hi = start[:, None] + ((i + 1) * length + size - 1) // size
-        return lo, hi
-
-    x_lo, x_hi = bins(windows[:, 0], windows[:, 2])
-    y_lo, y_hi = bins(windows[:, 1], windows[:, 3])
+    x_lo, x_hi = _area_bins(windows[:, 0], windows[:, 2], size)
+    y_lo, y_hi = _area_bins(windows[:, 1], windows[:, 3], size)
     flat = table.reshape(batch * rows * cols, channels)
     base = image_index[:, None, None] * rows
 
@@ -423,9 +464,26 @@ def _normalize(pixels: Tensor) -> Tensor:
     return (pixels - 127.5) * 0.0078125
 
 
+def _detections(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> list[Detection]:
+    return [Detection(box=b, score=float(p), landmarks=m) for b, p, m in zip(boxes, scores, points)]
+
+
 def _in_chunks(fn: Callable[[slice], tuple[Tensor, ...]], n: int, chunk: int) -> tuple[Tensor, ...]:
     outs = [fn(slice(s, s + chunk)) for s in range(0, max(n, 1), chunk)]  # n == 0: one empty call
     return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+def roi_windows(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Square crop windows (x0, y0, side), N x 3 int, around expected face boxes (N x 4 xyxy) in a
+    height x width frame: centred on the box, side (1 + 2 * ROI_PAD) x the box's longer side (a face
+    that moved up to ROI_PAD sides since it was tracked is still whole inside), moved inside the
+    frame rather than cut by its edge, and no larger than the frame's shorter side."""
+    boxes = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    longer = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    side = np.clip(np.round(longer * (1 + 2 * ROI_PAD)), 1, min(height, width)).astype(int)
+    x0 = np.round((boxes[:, 0] + boxes[:, 2] - side) / 2).astype(int)
+    y0 = np.round((boxes[:, 1] + boxes[:, 3] - side) / 2).astype(int)
+    return np.stack([np.clip(x0, 0, width - side), np.clip(y0, 0, height - side), side], 1)
 
 
 # --- the detector ---------------------------------------------------------------------------
@@ -454,6 +512,7 @@ class MTCNNDetector:
         self.rnet = _load(RNet(), folder / "rnet.pt", self.device)
         self.onet = _load(ONet(), folder / "onet.pt", self.device)
         self._warned: set[str] = set()
+        self.profile = DetectProfile()
         log.debug("MTCNN on %s, %s", self.device, self.config)
 
     @torch.inference_mode()
@@ -463,30 +522,67 @@ class MTCNNDetector:
         Returns one list per frame of Detections, highest score first; boxes (xyxy) and
         landmarks (left eye, right eye, nose, mouth left, mouth right; x, y) in frame pixels.
         """
-        start = time.perf_counter()
-        images = [self._as_bgr(frame, k) for k, frame in enumerate(frames)]
-        results: list[list[Detection]] = [[] for _ in images]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for k, image in enumerate(images):
-            groups.setdefault(image.shape[:2], []).append(k)
-        for (height, width), members in groups.items():
-            size = self._detection_size(height, width)
-            sx, sy = width / size[1], height / size[0]
-            for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
-                chunk = members[s : s + MAX_FRAMES_PER_BATCH]
-                batch = np.stack([self._resize(images[k], size) for k in chunk])
-                for k, (boxes, scores, points) in zip(chunk, self._cascade(batch)):
-                    boxes *= np.array([sx, sy, sx, sy], np.float32)
-                    points *= np.array([sx, sy], np.float32)
-                    results[k] = [
-                        Detection(box=b, score=float(p), landmarks=m) for b, p, m in zip(boxes, scores, points)
-                    ]
-        if images:
-            log.debug(
-                "detected %d faces in %d frames in %.3f s",
-                sum(map(len, results)), len(images), time.perf_counter() - start,
-            )
+        with self._profiling(len(frames)):
+            images = [self._as_bgr(frame, k) for k, frame in enumerate(frames)]
+            results: list[list[Detection]] = [[] for _ in images]
+            groups: dict[tuple[int, int], list[int]] = {}
+            for k, image in enumerate(images):
+                groups.setdefault(image.shape[:2], []).append(k)
+            for (height, width), members in groups.items():
+                size = self._detection_size(height, width)
+                scale = np.array([width / size[1], height / size[0]], np.float32)
+                for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
+                    chunk = members[s : s + MAX_FRAMES_PER_BATCH]
+                    batch = np.stack([self._resize(images[k], size) for k in chunk])
+                    found = self._cascade(batch, self.config.min_face_size)
+                    for k, (boxes, scores, points) in zip(chunk, found):
+                        results[k] = _detections(boxes * np.tile(scale, 2), scores, points * scale)
+            log.debug("detected %d faces in %d frames", sum(map(len, results)), len(images))
         return results
+
+    @torch.inference_mode()
+    def detect_around(self, frame: np.ndarray, boxes: np.ndarray) -> list[Detection]:
+        """Faces near where they are expected (N x 4 xyxy boxes, e.g. a tracker's predictions) in
+        one frame, at a small part of a full detection's cost (detect.roi).
+
+        Each region (`roi_windows`) is scaled so its expected face is ROI_FACE px, and all regions
+        go through the cascade as one batch, searching faces from half to the whole region's size.
+        A face centred farther than one box side from the expected centre is dropped (it is cut
+        by the region's edge; a full detection finds it), and a face found in two overlapping
+        regions is kept once. Returns Detections in frame pixels, highest score first."""
+        with self._profiling(1):
+            image = self._as_bgr(frame, 0)
+            windows = roi_windows(boxes, *image.shape[:2])
+            if not len(windows):
+                return []
+            side = round(ROI_FACE * (1 + 2 * ROI_PAD))
+            found = []
+            for s in range(0, len(windows), MAX_FRAMES_PER_BATCH):
+                chunk = windows[s : s + MAX_FRAMES_PER_BATCH]
+                batch = np.stack([self._resize(image[y : y + n, x : x + n], (side, side)) for x, y, n in chunk])
+                found += self._cascade(batch, ROI_FACE / 2)
+            expected = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+            kept = []
+            for (x, y, n), box, (crop_boxes, scores, points) in zip(windows, expected, found):
+                scale, origin = np.float32(n / side), np.array([x, y], np.float32)
+                crop_boxes, points = crop_boxes * scale + np.tile(origin, 2), points * scale + origin
+                reach = np.max(box[2:] - box[:2])
+                near = np.all(np.abs((crop_boxes[:, :2] + crop_boxes[:, 2:]) / 2 - (box[:2] + box[2:]) / 2) <= reach, 1)
+                kept.append((crop_boxes[near], scores[near], points[near]))
+            crop_boxes, scores, points = (np.concatenate(parts) for parts in zip(*kept))
+            keep = nms(torch.from_numpy(crop_boxes), torch.from_numpy(scores),
+                       torch.zeros(len(scores), dtype=torch.long), 0.7, mode="min").numpy()
+            return _detections(crop_boxes[keep], scores[keep], points[keep])
+
+    @contextmanager
+    def _profiling(self, frames: int) -> Iterator[None]:
+        """Adds a call's seconds to the profile: its stages' own (see _timed), the rest as "other"."""
+        start = time.perf_counter()
+        networks = sum(self.profile.seconds[stage] for stage in STAGES[:3])
+        yield
+        elapsed = time.perf_counter() - start
+        self.profile.frames += frames
+        self.profile.seconds["other"] += elapsed - (sum(self.profile.seconds[s] for s in STAGES[:3]) - networks)
 
     # -- input handling --
 
@@ -520,46 +616,58 @@ class MTCNNDetector:
 
     @staticmethod
     def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Area averaging when shrinking; bilinear when enlarging (a small face's region)."""
         if image.shape[:2] == size:
             return image
-        return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+        shrink = size[0] <= image.shape[0] and size[1] <= image.shape[1]
+        return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
     # -- the cascade on one batch of equal-size frames --
 
-    def _cascade(self, batch_bgr: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """B x H x W x 3 uint8 BGR -> per frame (boxes N x 4, scores N, landmarks N x 5 x 2)."""
+    def _cascade(self, batch_bgr: np.ndarray, min_face: float) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """B x H x W x 3 uint8 BGR -> per frame (boxes N x 4, scores N, landmarks N x 5 x 2), for
+        faces from min_face px up to the frame's size."""
         rgb = torch.from_numpy(batch_bgr).to(self.device).flip(-1)  # B x H x W x 3, RGB
-        images = rgb.permute(0, 3, 1, 2).float()
         table = summed_area_table(rgb)
-        boxes, index = self._propose(images)
+        boxes, index = self._timed("pnet", self._propose, rgb, table, min_face)
         if len(boxes):
-            boxes, index = self._refine(table, rgb, boxes, index)
+            boxes, index = self._timed("rnet", self._refine, table, rgb, boxes, index)
         if len(boxes):
-            boxes, scores, index, points = self._output(table, rgb, boxes, index)
+            boxes, scores, index, points = self._timed("onet", self._output, table, rgb, boxes, index)
         else:
             scores, points = boxes.new_zeros(0), boxes.new_zeros(0, 5, 2)
         boxes, scores, points = (t.float().cpu().numpy() for t in (boxes, scores, points))
         index = index.cpu().numpy()
         return [(boxes[index == b], scores[index == b], points[index == b]) for b in range(len(batch_bgr))]
 
-    def _propose(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Stage 1: P-Net over the pyramid; NMS per level, then across levels; squared boxes."""
-        _, _, height, width = images.shape
+    def _timed(self, stage: str, fn: Callable, *args: object):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.profile.seconds[stage] += time.perf_counter() - t0
+        return out
+
+    def _propose(self, rgb: Tensor, table: Tensor, min_face: float) -> tuple[Tensor, Tensor]:
+        """Stage 1: P-Net over the pyramid; NMS per level, then across levels; squared boxes.
+
+        One P-Net call per level: packing all levels into one canvas (gaps between them, so that
+        no window spans two) was measured 2.7x slower on the CPU (BENCHMARKS.md, "Detection cost")."""
+        _, height, width, _ = rgb.shape
         threshold = self.config.thresholds[0]
         found: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for scale in pyramid_scales(height, width, self.config.min_face_size, self.config.factor):
-            level = pyramid_level(images, (int(height * scale + 1), int(width * scale + 1)))
+        for scale in pyramid_scales(height, width, min_face, self.config.factor):
+            level = pyramid_level(rgb, table, (int(height * scale + 1), int(width * scale + 1)))
+            self.profile.pnet_pixels += level.shape[0] * level.shape[2] * level.shape[3]
             offsets, prob = self.pnet(_normalize(level))
             index, row, col = torch.nonzero(prob >= threshold, as_tuple=True)
             if index.numel() == 0:
                 continue
-            cell = torch.stack([col, row], 1).to(images.dtype)
+            cell = torch.stack([col, row], 1).float()
             boxes = torch.cat([((2 * cell + 1) / scale).floor(), ((2 * cell + 12) / scale).floor()], 1)
             scores = prob[index, row, col]
             keep = nms(boxes, scores, index, 0.5)
             found.append((boxes[keep], scores[keep], offsets[index, :, row, col][keep], index[keep]))
         if not found:
-            return images.new_zeros(0, 4), torch.zeros(0, dtype=torch.long, device=images.device)
+            return torch.zeros(0, 4, device=rgb.device), torch.zeros(0, dtype=torch.long, device=rgb.device)
         boxes, scores, offsets, index = (torch.cat(parts) for parts in zip(*found))
         keep = nms(boxes, scores, index, 0.7)
         return square(regress(boxes[keep], offsets[keep], inclusive=False)), index[keep]
@@ -572,6 +680,7 @@ class MTCNNDetector:
     def _refine(self, table: Tensor, rgb: Tensor, boxes: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
         """Stage 2: R-Net on 24 x 24 crops; threshold, NMS, regression, squared boxes."""
         boxes, index, windows = self._crops(table, boxes, index)
+        self.profile.rnet_windows += len(boxes)
         offsets, prob = _in_chunks(
             lambda s: self.rnet(_normalize(resample_windows(table, index[s], windows[s], 24, rgb))),
             len(boxes), MAX_CROPS_PER_BATCH,
@@ -586,6 +695,7 @@ class MTCNNDetector:
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Stage 3: O-Net on 48 x 48 crops; threshold, landmarks, regression, NMS ("min")."""
         boxes, index, windows = self._crops(table, boxes, index)
+        self.profile.onet_windows += len(boxes)
         offsets, marks, prob = _in_chunks(
             lambda s: self.onet(_normalize(resample_windows(table, index[s], windows[s], 48, rgb))),
             len(boxes), MAX_CROPS_PER_BATCH,

@@ -363,8 +363,12 @@ class Runner:
         detections = {f.index: d for f, d in zip(to_detect, found)}
         chosen: list[AlignedFace | TrackEnd] = []
         for frame in frames:
-            t0 = time.perf_counter()
             dets = detections.get(frame.index)
+            if dets is None and self.config.detect.roi and tracker.num_tracks:
+                t0 = time.perf_counter()
+                dets = detector.detect_around(frame.image, tracker.expected_boxes(frame.index))
+                self.timer.add("detect", time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
             updates = tracker.update(frame.index, dets) if dets is not None else tracker.predict(frame.index)
             self.counts["faces_detected"] += len(dets or [])
             t1 = time.perf_counter()

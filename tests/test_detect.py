@@ -15,16 +15,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.demo import demo_frames
 from pipeline.detect import (
+    ROI_PAD,
     DetectorConfig,
     MTCNNDetector,
     nms,
     pyramid_level,
     pyramid_scales,
     resample_windows,
+    roi_windows,
     summed_area_table,
     weights_dir,
 )
+from trackers import SortTracker, TrackerConfig
 from trackers.sort import iou_matrix
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.records import Detection
@@ -105,6 +109,48 @@ def test_large_frame_is_downscaled_and_mapped_back(detector, astronaut):
     # so allow 4 px at the original scale (12 px here, on a 260 x 330 px box)
     np.testing.assert_allclose(faces[0].box, 3 * ASTRONAUT_BOX, atol=12.0)
     assert faces[0].score > 0.99
+
+
+# Today's cascade before the speed-ups of issue 11 (channels-last P-Net, pyramid levels from the
+# summed-area table): its boxes on the astronaut and on a generated frame with three pasted faces.
+# The speed-ups must not move them.
+BEFORE_SPEEDUPS = {
+    (12, "astronaut"): [[181.84, 63.51, 266.97, 174.05]],
+    (12, "scene"): [[99.91, 44.90, 135.76, 89.98], [323.26, 316.01, 342.81, 340.30], [525.53, 70.01, 536.35, 83.23]],
+    (20, "astronaut"): [[181.05, 62.16, 267.75, 172.05]],
+    (20, "scene"): [[100.47, 45.72, 134.23, 87.93], [322.50, 315.28, 342.85, 340.83], [525.08, 69.91, 536.24, 83.32]],
+}
+
+
+def scene_with_faces(astronaut: np.ndarray) -> np.ndarray:
+    """480 x 640: a noisy colour gradient with the astronaut pasted at 200, 120 and 70 px."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:480, 0:640]
+    background = np.stack([xx * 0.3 + 40, yy * 0.3 + 60, (xx + yy) * 0.15 + 80], -1)
+    frame = np.clip(background + rng.normal(0, 6, background.shape), 0, 255).astype(np.uint8)
+    for side, (y, x) in ((200, (20, 30)), (120, (300, 280)), (70, (60, 500))):
+        frame[y : y + side, x : x + side] = cv2.resize(astronaut, (side, side), interpolation=cv2.INTER_AREA)
+    return frame
+
+
+@pytest.mark.parametrize("min_face", [12, 20])
+def test_boxes_are_those_of_the_cascade_before_the_speedups(astronaut, min_face):
+    detector = MTCNNDetector(device="cpu", min_face_size=min_face)
+    for name, image in (("astronaut", astronaut), ("scene", scene_with_faces(astronaut))):
+        [faces] = detector.detect([image])
+        np.testing.assert_allclose([f.box for f in faces], BEFORE_SPEEDUPS[min_face, name], atol=0.05)
+
+
+def test_profile_counts_the_work_of_each_stage(astronaut):
+    detector = MTCNNDetector(device="cpu", min_face_size=20)
+    detector.detect([astronaut, astronaut])
+    profile = detector.profile
+    scales = pyramid_scales(512, 512, 20, detector.config.factor)
+    assert profile.frames == 2
+    assert profile.pnet_pixels == 2 * sum(int(512 * s + 1) ** 2 for s in scales)
+    assert profile.rnet_windows > profile.onet_windows >= 2  # R-Net rejects most of P-Net's proposals
+    assert set(profile.seconds) == {"pnet", "rnet", "onet", "other"}
+    assert all(v > 0 for v in profile.seconds.values())
 
 
 # --- no faces, batching, inputs -------------------------------------------------------------
@@ -287,12 +333,16 @@ def test_pyramid_starts_above_scale_one_below_pnet_window():
 
 def test_pyramid_levels_enlarge_bilinear_and_shrink_by_area():
     rng = np.random.default_rng(3)
-    images = torch.from_numpy(rng.integers(0, 256, (2, 3, 20, 30))).float()
-    up = pyramid_level(images, (31, 46))
+    rgb = torch.from_numpy(rng.integers(0, 256, (2, 20, 30, 3), dtype=np.uint8))
+    table = summed_area_table(rgb)
+    images = rgb.permute(0, 3, 1, 2).float()
+    up = pyramid_level(rgb, table, (31, 46))
     torch.testing.assert_close(up, F.interpolate(images, size=(31, 46), mode="bilinear", align_corners=False))
     assert not torch.allclose(up, F.interpolate(images, size=(31, 46), mode="area"))  # not pixel repetition
-    down = pyramid_level(images, (15, 22))
-    torch.testing.assert_close(down, F.interpolate(images, size=(15, 22), mode="area"))
+    for size in ((15, 22), (20, 30), (7, 29), (1, 1)):  # from the summed-area table: the same as "area"
+        down = pyramid_level(rgb, table, size)
+        torch.testing.assert_close(down, F.interpolate(images, size=size, mode="area"))
+        assert down.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_min_face_below_pnet_window_runs_on_enlarged_levels(astronaut):
@@ -347,6 +397,59 @@ def test_small_faces_preset_finds_a_10px_jpeg_face_the_cctv_preset_misses(astron
         [faces] = MTCNNDetector(settings).detect([image])
         found[preset] = any(_iou(f.box, box) > 0.3 for f in faces)
     assert found == {"cctv": False, "small-faces": True}
+
+
+# --- region-of-interest detection (detect.roi) ---------------------------------------------
+
+
+def test_roi_windows_are_squares_around_the_box_inside_the_frame():
+    boxes = np.array([[100, 100, 140, 130], [0, 5, 20, 25], [590, 300, 640, 360], [10, 10, 400, 400]])
+    windows = roi_windows(boxes, 360, 640)
+    side = round(40 * (1 + 2 * ROI_PAD))
+    assert windows[0].tolist() == [120 - side // 2, 115 - side // 2, side]  # centred on the box
+    assert windows[1].tolist() == [0, 0, 60]  # moved inside at the top-left corner, not cut
+    assert windows[2].tolist() == [640 - 180, 360 - 180, 180]  # and at the bottom-right one
+    assert windows[3].tolist() == [25, 0, 360]  # never larger than the frame (still centred across)
+    assert roi_windows(np.zeros((0, 4)), 360, 640).shape == (0, 3)
+
+
+def _pnet_pixels(detector: MTCNNDetector, detect) -> tuple[list[Detection], int]:
+    before = detector.profile.pnet_pixels
+    found = detect()
+    return found, detector.profile.pnet_pixels - before
+
+
+def test_roi_frames_find_the_tracked_face_at_a_fraction_of_the_cost(detector):
+    """A face moving across a noisy frame, full detection every 3rd frame: on the frames between,
+    the regions around the tracker's expected box find the face a full detection finds (IoU > 0.5),
+    with P-Net looking at a tenth of the pixels at most."""
+    tracker = SortTracker(TrackerConfig(min_hits=1, stride=3))
+    full_cost, roi_cost = [], []
+    for i, frame in enumerate(demo_frames(15, face_from=70, face_to=40, seed=1)):
+        [full], cost = _pnet_pixels(detector, lambda: detector.detect([frame]))
+        full_cost.append(cost)
+        assert len(full) == 1
+        if i % 3:
+            found, cost = _pnet_pixels(detector, lambda: detector.detect_around(frame, tracker.expected_boxes(i)))
+            roi_cost.append(cost)
+            assert len(found) == 1 and _iou(found[0].box, full[0].box) > 0.5, i
+            assert found[0].score > 0.9 and found[0].landmarks.shape == (5, 2)
+            tracker.update(i, found)
+        else:
+            tracker.update(i, full)
+    assert len(roi_cost) == 10 and max(roi_cost) < 0.1 * min(full_cost)
+
+
+def test_roi_keeps_one_face_where_regions_overlap_and_drops_faces_cut_by_the_edge(detector, astronaut):
+    frame = scene_with_faces(astronaut)
+    [full] = detector.detect([frame])
+    boxes = np.array([f.box for f in full])
+    twice = detector.detect_around(frame, np.concatenate([boxes, boxes + 2]))  # every region twice, overlapping
+    np.testing.assert_allclose(sorted(f.box[0] for f in twice), sorted(boxes[:, 0]), atol=3.0)
+    # a region expecting a face 1.5 box sides left of the real one: the real face is cut or off-centre
+    side = boxes[0, 2] - boxes[0, 0]
+    assert detector.detect_around(frame, boxes[:1] - [1.5 * side, 0, 1.5 * side, 0]) == []
+    assert detector.detect_around(frame, np.zeros((0, 4))) == []
 
 
 # --- shared still images --------------------------------------------------------------------

@@ -125,6 +125,20 @@ def test_stride_with_predict_keeps_id():
     assert seen == {1} and ups[0].state == TrackState.CONFIRMED
 
 
+def test_expected_boxes_are_the_next_predictions_and_leave_the_tracker_unchanged():
+    trk = SortTracker(TrackerConfig(min_hits=1))
+    assert trk.expected_boxes(0).shape == (0, 4)
+    for f in range(20):
+        trk.update(f, [face(100 + 5 * f, 150 + 2 * f, side=30), face(400, 300, side=50)])
+    expected = trk.expected_boxes(23)
+    assert expected.shape == (2, 4)
+    np.testing.assert_allclose(expected[0], face(100 + 5 * 23, 150 + 2 * 23, side=30).box, atol=2.0)  # moved on
+    np.testing.assert_allclose(expected[1], face(400, 300, side=50).box, atol=1.0)
+    np.testing.assert_allclose(trk.expected_boxes(23), expected)  # asking twice: the same answer
+    ups = trk.predict(23)
+    np.testing.assert_allclose([u.box for u in ups], expected, atol=1e-9)  # what predict then gives
+
+
 def test_stride_scales_max_age():
     # max_age=2 detection frames at stride 3 = 6 video frames without a match.
     trk = SortTracker(TrackerConfig(stride=3, min_hits=1, max_age=2))

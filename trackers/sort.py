@@ -218,11 +218,23 @@ class _Track:
     def _side(x: np.ndarray) -> float:
         return float(np.sqrt(max(float(x[2, 0]), MIN_SIDE * MIN_SIDE)))
 
+    @staticmethod
+    def _stop_shrinking(x: np.ndarray) -> None:
+        if x[2, 0] + x[6, 0] <= MIN_SIDE * MIN_SIDE:  # shrinking through zero area: stop
+            x[6, 0] = 0.0
+
+    def box_after(self, steps: int) -> np.ndarray:
+        """The box the filter expects `steps` frames on (its predicted mean), the filter unchanged."""
+        x = self.kf.x.copy()
+        for _ in range(steps):
+            self._stop_shrinking(x)
+            x = self.kf.F @ x
+        return _x_to_box(x)
+
     def predict(self, steps: int) -> None:
         for _ in range(steps):
             x = self.kf.x
-            if x[2, 0] + x[6, 0] <= MIN_SIDE * MIN_SIDE:  # shrinking through zero area: stop
-                x[6, 0] = 0.0
+            self._stop_shrinking(x)
             side, s = self._side(x), max(float(x[2, 0]), 1.0)
             q = np.diag([(0.02 * side) ** 2, (0.02 * side) ** 2, (0.02 * s) ** 2, 1e-4,
                          (0.01 * side) ** 2, (0.01 * side) ** 2, (0.01 * s) ** 2])
@@ -253,6 +265,7 @@ class SortTracker:
 
     update(frame_index, detections) -> list[TrackUpdate]: a detection frame (None = no detection).
     predict(frame_index) -> list[TrackUpdate]: a frame without detection.
+    expected_boxes(frame_index) -> N x 4: where the live tracks are expected on a coming frame (no update).
     pop_ended() -> list[TrackEnd]: the tracks that ended since the last call.
     finish(reason="stream_end"): the input has ended; every live track ends (reported by the next
     `pop_ended`). `dropped` counts the detections that reached no track, by reason.
@@ -284,6 +297,14 @@ class SortTracker:
         if detections is not None:
             self._associate(list(detections))
         return self._emit(frame_index)
+
+    def expected_boxes(self, frame_index: int) -> np.ndarray:
+        """Where the live tracks' faces are expected on `frame_index` (after the last frame seen), as
+        N x 4 xyxy in track id order, without advancing the tracker: for a detector that looks only
+        there (detect.roi)."""
+        steps = 1 if self._frame is None else min(frame_index - self._frame, self.config.max_age_frames + 1)
+        boxes = [t.box_after(max(steps, 0)) for t in sorted(self._tracks, key=lambda t: t.track_id)]
+        return np.array(boxes, dtype=float).reshape(-1, 4)
 
     def pop_ended(self) -> list[TrackEnd]:
         """The tracks that ended since the last call, in the order they ended; each is reported once."""

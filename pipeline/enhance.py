@@ -37,7 +37,7 @@ class EnhancerConfig:
     output_size: int = setting(112, lo=8, hi=1024)
     device: str = "auto"
     batch_size: int = setting(32, lo=1)
-    max_queries: int = setting(16384, lo=1)
+    max_queries: int = setting(4096, lo=1)
     amp: str | None = setting(None, choices=("bf16", "fp16"))
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ them. Default weights: the paper's (the full decoder) and ARASFSR-LM (its traine
 random weights from its config). `--quick`: 28 px -> 112, batch 1 and 8, 3 repeats, CPU only.
 Latency is per call (one batch); faces/s = batch / p50. The ratios are of faces/s in the same cell:
 `fast_over_reference` (the fast path's speed-up) and `fast_over_bicubic` (below 1: SR costs more).
-Every timed call is preceded by one untimed warm-up call of each method at the cell's sizes.
+Each cell starts with one untimed warm-up call of each method at its sizes.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -62,19 +62,22 @@ def load_weights(spec: str, device: str | torch.device = "cpu") -> tuple[str, AR
 
 
 def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int,
-                     sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+                     sync: Callable[[], None] = lambda: None, during: Callable[[str], object] = nullcontext
+                     ) -> dict[str, list[float]]:
     """Seconds per call of each of `calls`, taken round-robin (a, b, c, a, b, c, ...) after one warm-up call
-    each, so that a change in the machine's load during the run hits every method alike."""
+    each, so that a change in the machine's load during the run hits every method alike. `during(name)`: a
+    context around each timed call (e.g. to attribute memory to the method running)."""
     for fn in calls.values():
         fn()
     sync()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
+            with during(name):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -93,25 +96,46 @@ def rss_mb() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-@contextmanager
-def rss_peak(interval: float = 0.005):
-    """Peak RSS (MB) while the block runs, sampled by a thread: yields a dict whose "mb" is filled at the end.
-    A lifetime peak (ru_maxrss) could not tell the methods of one run apart."""
-    peak = {"mb": rss_mb()}
-    done = threading.Event()
+class PeakMemory:
+    """Peak memory per method while its timed calls run: RSS sampled by a thread every `interval` s (a
+    lifetime peak, ru_maxrss, could not tell the methods of one run apart) and, on CUDA, the max allocated."""
 
-    def sample() -> None:
-        while not done.wait(interval):
-            peak["mb"] = max(peak["mb"], rss_mb())
+    def __init__(self, device: torch.device, interval: float = 0.005) -> None:
+        self.device, self.interval = device, interval
+        self.rss: dict[str, float] = {}
+        self.cuda: dict[str, float] = {}
+        self._current: str | None = None
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        sampler.join()
-        peak["mb"] = round(max(peak["mb"], rss_mb()), 1)
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval):
+            self._note(rss_mb())
+
+    def _note(self, mb: float) -> None:
+        if (name := self._current) is not None:
+            self.rss[name] = max(self.rss.get(name, 0.0), mb)
+
+    @contextmanager
+    def during(self, name: str):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._current = name
+        try:
+            yield
+        finally:
+            self._note(rss_mb())  # a call shorter than the interval still counts once
+            self._current = None
+            if self.device.type == "cuda":
+                self.cuda[name] = max(self.cuda.get(name, 0.0), torch.cuda.max_memory_allocated(self.device) / 2**20)
+
+    def __enter__(self) -> "PeakMemory":
+        self._sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._sampler.join()
 
 
 def method_calls(model: ARASFSR, lr: torch.Tensor, size: int, methods: list[str],
@@ -129,23 +153,18 @@ def method_calls(model: ARASFSR, lr: torch.Tensor, size: int, methods: list[str]
 
 def measure_cell(model: ARASFSR, device: torch.device, lr_px: int, out_px: int, batch: int, methods: list[str],
                  repeats: int, amp: str | None) -> dict[str, dict]:
-    """Every method on one batch of `batch` random lr_px crops to out_px, interleaved; then each method's
-    peak memory from a separate call (a sampler thread must not load the timed calls)."""
+    """Every method on one batch of `batch` random lr_px crops to out_px, interleaved."""
     generator = torch.Generator().manual_seed(batch * 1000 + lr_px)
     lr = torch.rand(batch, 3, lr_px, lr_px, generator=generator).to(device)
     calls = method_calls(model, lr, out_px, methods, amp)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = time_interleaved(calls, repeats, sync)
+    with PeakMemory(device) as memory:
+        times = time_interleaved(calls, repeats, sync, memory.during)
     result = {}
-    for name, fn in calls.items():
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with rss_peak() as peak:
-            fn()
-            sync()
-        result[name] = latency_stats(times[name], batch) | {"rss_peak_mb": peak["mb"]}
-        if device.type == "cuda":
-            result[name]["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    for name in calls:
+        result[name] = latency_stats(times[name], batch) | {"rss_peak_mb": round(memory.rss[name], 1)}
+        if name in memory.cuda:
+            result[name]["cuda_max_allocated_mb"] = round(memory.cuda[name], 1)
     return result
 
 

@@ -217,11 +217,15 @@ def markdown_table(report: dict) -> str:
         cols = [c["weights"], c["device"], f"{c['lr']} -> {c['out']}", str(c["batch"])]
         for m in methods:
             s = c["methods"].get(m)
-            cols.append(f"{s['faces_per_s']:.1f} ({s['p50_ms']:.3g} / {s['p99_ms']:.3g})" if s else "")
-        cols += [f"{c['ratios'][k]:.2f}x" if k in c["ratios"] else ""
+            cols.append(f"{s['faces_per_s']:.3g} ({ms(s['p50_ms'])} / {ms(s['p99_ms'])})" if s else "")
+        cols += [f"{c['ratios'][k]:.3g}x" if k in c["ratios"] else ""
                  for k in ("fast_over_reference", "fast_over_bicubic")]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
+
+
+def ms(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"
 
 
 def plot(report: dict, path: Path) -> None:

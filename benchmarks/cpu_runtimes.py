@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import logging
 import platform
 import tempfile
@@ -34,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.output import add_output_args, run_benchmark, write_json
 from benchmarks.sr_speed import default_weights, latency_stats, load_weights, time_interleaved
-from common import cli
 from models.arasfsr import ARASFSR, make_coord
 
 log = logging.getLogger("cpu_runtimes")
@@ -210,9 +209,7 @@ def run(args: argparse.Namespace) -> dict:
               "threads": torch.get_num_threads(), "versions": versions, "batch": args.batch, "lr": args.lr,
               "out": args.out, "repeats": args.repeats, "load_note": args.note, "weights": rows}
     print(markdown_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(report, args.json)
     return report
 
 
@@ -239,8 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads of every runtime (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--atol", type=float, default=1e-4, help="largest difference from eager that counts as equal")
-    ap.add_argument("--note", default=None, help="free text stored in the JSON (e.g. the machine's load)")
-    ap.add_argument("--json", type=Path)
+    add_output_args(ap)
     args = ap.parse_args(argv)
     args.weights = args.weights or default_weights()
     if min(args.batch, args.out, args.repeats) < 1 or args.lr < 8 or args.threads < 0:
@@ -250,10 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # The exporters log every optimisation step at INFO: only this benchmark's own progress is shown.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    log.setLevel(logging.INFO)
-    return cli.run(lambda: run(args) and None)
+    return run_benchmark(lambda: run(args), log)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ the fps. `wait_for_frames` is time the main thread waited for the decoder.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from common import cli
+from benchmarks.output import add_output_args, pyplot, run_benchmark, write_json
 from common.errors import UserError
 from pipeline.config import load_config
 from pipeline.run_folder import load_run
@@ -105,9 +104,7 @@ def run(args: argparse.Namespace) -> dict:
               "torch": torch.__version__, "threads": torch.get_num_threads(), "frames_limit": args.frames,
               "load_note": args.note, "runs": rows}
     print(markdown_table(rows))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(report, args.json)
     if args.plot:
         plot(rows, args.plot)
     return report
@@ -128,13 +125,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Per clip: each preset's stage seconds as grouped bars, titled with its end-to-end and decode-only fps."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib (pip install matplotlib)") from None
+    plt = pyplot()
     clips = list(dict.fromkeys(r["clip"] for r in rows))
     stages = sorted({s for r in rows for s in r["stage_seconds"] if s not in WAITS})
     fig, axes = plt.subplots(len(clips), 1, figsize=(9, 3.2 * len(clips)), squeeze=False)
@@ -164,9 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--frames", type=int, default=None, help="frames per clip (default: the whole clip)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="config override applied to every preset (repeatable)")
-    ap.add_argument("--note", default=None, help="free text stored in the JSON (e.g. the machine's load)")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--plot", type=Path, help="PNG: stage seconds per preset, per clip")
+    add_output_args(ap, plot="PNG: stage seconds per preset, per clip")
     args = ap.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         ap.error("--frames must be >= 1")
@@ -175,8 +164,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    return cli.run(lambda: run(args) and None)
+    return run_benchmark(lambda: run(args), log)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Each cell starts with one untimed warm-up call of each method at its sizes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -31,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import cli
-from common.errors import UserError
+from benchmarks.output import add_output_args, pyplot, run_benchmark, write_json
 from models import build_model, load_model, load_model_config
 from models.arasfsr import MIN_INPUT, ARASFSR, reference_upscale
 from pipeline.enhance import bicubic
@@ -200,9 +198,7 @@ def run(args: argparse.Namespace) -> dict:
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
               "repeats": args.repeats, "amp": args.amp, "load_note": args.note, "cells": cells}
     print(markdown_table(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_json(report, args.json)
     if args.plot:
         plot(report, args.plot)
     return report
@@ -230,13 +226,7 @@ def ms(value: float) -> str:
 
 def plot(report: dict, path: Path) -> None:
     """faces/s against batch, one panel per crop -> output size, one line per weights x method."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("--plot needs matplotlib (pip install matplotlib)") from None
+    plt = pyplot()
     panels = sorted({(c["lr"], c["out"], c["device"]) for c in report["cells"]})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
     for ax, (lr_px, out_px, device) in zip(axes[0], panels):
@@ -272,9 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per method and cell")
     ap.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast of the fast path on CUDA")
     ap.add_argument("--quick", action="store_true", help="28 -> 112 px, batch 1 and 8, 3 repeats, CPU only")
-    ap.add_argument("--note", default=None, help="free text stored in the JSON (e.g. the machine's load)")
-    ap.add_argument("--json", type=Path)
-    ap.add_argument("--plot", type=Path, help="PNG: faces/s against batch")
+    add_output_args(ap, plot="PNG: faces/s against batch")
     args = ap.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
@@ -291,8 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    return cli.run(lambda: run(args) and None)
+    return run_benchmark(lambda: run(args), log)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@
 Runtimes:
 - eager: `ARASFSR.upscale` as the pipeline calls it (fp32, inference mode).
 - channels_last: the same with the model's conv weights and the input in channels-last memory format.
+- fixed_graph: the fixed-shape graph below, eager (inference mode): what the graph alone gains over `upscale`,
+  so that the runtimes' gains can be told from the graph's.
 - compile: `torch.compile` of the fixed-shape graph below (its compile time is reported apart).
 - onnxruntime / openvino: that graph exported with `torch.onnx.export`, run by ONNX Runtime (CPU provider) and
   by OpenVINO (CPU, f32 precision hint) with the same thread count. Neither is a project dependency: install
@@ -38,7 +40,7 @@ from benchmarks.sr_speed import default_weights, latency_stats, load_weights, ti
 from models.arasfsr import ARASFSR, make_coord
 
 log = logging.getLogger("cpu_runtimes")
-RUNTIMES = ("eager", "channels_last", "compile", "onnxruntime", "openvino")
+RUNTIMES = ("eager", "channels_last", "fixed_graph", "compile", "onnxruntime", "openvino")
 
 
 class FixedShapeUpscale(nn.Module):
@@ -91,6 +93,13 @@ def load_weights_like(model: ARASFSR) -> ARASFSR:
     twin = ARASFSR(model.config).eval()
     twin.load_state_dict(model.state_dict())
     return twin
+
+
+def fixed_graph(graph: FixedShapeUpscale, lr: torch.Tensor) -> Callable[[], np.ndarray]:
+    def call() -> np.ndarray:
+        with torch.inference_mode():
+            return graph(lr).numpy()
+    return call
 
 
 def compiled(graph: FixedShapeUpscale, lr: torch.Tensor, info: dict) -> Callable[[], np.ndarray]:
@@ -166,6 +175,8 @@ def measure_weights(spec: str, args: argparse.Namespace, folder: Path) -> dict:
                 calls[name] = eager(model, lr, args.out)
             elif name == "channels_last":
                 calls[name] = channels_last(model, lr, args.out)
+            elif name == "fixed_graph":
+                calls[name] = fixed_graph(graph, lr)
             elif name == "compile":
                 calls[name] = compiled(graph, lr, info)
             else:

@@ -35,11 +35,11 @@ def test_report_and_missing_runtimes(tmp_path: Path, monkeypatch, caplog, capsys
     monkeypatch.setattr(cpu_runtimes, "installed", lambda m: False if m in ("onnxruntime", "openvino") else real(m))
     out = tmp_path / "rt.json"
     argv = ["--weights", f"config:{config}", "--batch", "2", "--lr", "10", "--out", "16", "--repeats", "2",
-            "--threads", "1", "--runtimes", "eager", "channels_last", "onnxruntime", "openvino", "--json", str(out)]
+            "--threads", "1", "--runtimes", "eager", "channels_last", "fixed_graph", "onnxruntime", "openvino", "--json", str(out)]
     assert cpu_runtimes.main(argv) == 0
     report = json.loads(out.read_text())
     row, = report["weights"]
-    assert set(row["runtimes"]) == {"eager", "channels_last"}
+    assert set(row["runtimes"]) == {"eager", "channels_last", "fixed_graph"}
     assert set(row["skipped"]) == {"onnxruntime", "openvino"}
     assert "onnxruntime is not installed" in caplog.text and "openvino is not installed" in caplog.text
     assert row["fixed_graph_max_abs_diff"] <= 1e-5

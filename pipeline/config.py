@@ -37,6 +37,7 @@ class DetectSettings(DetectorConfig):
     # between full detections (every > 1): look for the tracked faces only around where the tracker expects
     # them (MTCNNDetector.detect_around), instead of only predicting their boxes
     roi: bool = False
+    threads: int = setting(0, lo=0, hi=256)  # torch CPU threads of the thread that detects (0: torch's default)
 
     def detector(self) -> DetectorConfig:
         names = {f.name for f in dataclasses.fields(DetectorConfig)}

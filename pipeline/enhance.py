@@ -39,6 +39,7 @@ class EnhancerConfig:
     batch_size: int = setting(32, lo=1)
     max_queries: int = setting(4096, lo=1)
     amp: str | None = setting(None, choices=("bf16", "fp16"))
+    threads: int = setting(0, lo=0, hi=256)  # torch CPU threads of the enhance thread (0: torch's default)
 
     def __post_init__(self) -> None:
         validate(self)

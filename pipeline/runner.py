@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from pipeline.align import Aligner
@@ -151,6 +152,7 @@ class Runner:
         self.photos = False  # the source is a folder of unrelated photos
         self.track_ids: set[int] = set()
         self._error: BaseException | None = None
+        self._torch_threads = torch.get_num_threads()  # torch's own count, for the threads set to 0
         self.source_error: SourceError | None = None
 
     # -- worker threads ---------------------------------------------------------------------------
@@ -182,6 +184,8 @@ class Runner:
     def _enhance_loop(self, enhancer: Enhancer, inbox: queue.Queue, outbox: queue.Queue) -> None:
         """Items in: lists of AlignedFace and TrackEnd; out: the same lists with the faces enhanced.
         A batch's track ends go out after its faces: an end never overtakes a face of its track."""
+        # Explicitly, also for 0: a new thread would otherwise inherit whatever count was set last.
+        torch.set_num_threads(self.config.enhance.threads or self._torch_threads)
         batch_size = self.config.enhance.batch_size
         pacer = Pacer(batch_size, weight=enhancer.uses_model)
         done = False
@@ -272,8 +276,15 @@ class Runner:
         """Run to the end of the input (or a stop request); returns the summary. Raises UserError
         subclasses for bad input, and the source's error after writing what was read before it."""
         start = time.perf_counter()
-        with RunFolder(self.out_dir, overwrite=self.config.output.overwrite) as folder:
-            summary = self._run_in(folder, start)
+        # torch's thread count is per thread once set: the detecting (this) thread and the enhance thread
+        # each take their own (detect.threads, enhance.threads), and this thread gets its own back at the end.
+        self._torch_threads = torch.get_num_threads()
+        torch.set_num_threads(self.config.detect.threads or self._torch_threads)
+        try:
+            with RunFolder(self.out_dir, overwrite=self.config.output.overwrite) as folder:
+                summary = self._run_in(folder, start)
+        finally:
+            torch.set_num_threads(self._torch_threads)
         if self.source_error is not None:
             raise self.source_error
         return summary

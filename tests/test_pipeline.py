@@ -271,6 +271,33 @@ def test_tracks_end_while_the_run_goes_on(tmp_path, monkeypatch):
     assert run.summary["tracks"] == 2 and "tracked frames 0-11" in (out / "index.html").read_text()
 
 
+@pytest.mark.parametrize("detect,enhance", [(1, 3), (3, 0), (0, 0)])
+def test_torch_threads_per_stage(detect, enhance, demo_clip, tmp_path, monkeypatch):
+    """detect.threads / enhance.threads set torch's CPU threads of the detecting and the enhance thread
+    (0: the count the process had), and the caller's own count comes back after the run."""
+    seen: dict[str, set[int]] = {}
+    pacer_run = Pacer.run
+
+    def recording_run(self, fn, items, stop):  # Pacer.run is what both stages call, in their own threads
+        seen.setdefault(threading.current_thread().name, set()).add(torch.get_num_threads())
+        return pacer_run(self, fn, items, stop)
+
+    monkeypatch.setattr(Pacer, "run", recording_run)
+    before = torch.get_num_threads()
+    cfg = load_config(None, ["runtime.progress=false", "enhance.method=bicubic", "runtime.max_frames=4",
+                             f"detect.threads={detect}", f"enhance.threads={enhance}"])
+    Runner(cfg, str(demo_clip), tmp_path / "run").run()
+    assert seen == {"MainThread": {detect or before}, "enhance": {enhance or before}}
+    assert torch.get_num_threads() == before
+
+
+def test_thread_settings_are_checked():
+    with pytest.raises(ConfigError, match="enhance.threads"):
+        load_config(None, ["enhance.threads=-1"])
+    with pytest.raises(ConfigError, match="detect.threads"):
+        load_config(None, ["detect.threads=1000"])
+
+
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "run_stream.py"), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)

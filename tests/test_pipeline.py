@@ -72,7 +72,9 @@ def test_preset_errors_name_the_dotted_key(tmp_path, text, message):
 
 @pytest.mark.parametrize("preset", ["default", "cctv", "cpu-fast", "small-faces"])
 def test_presets_load(preset):
-    assert load_config(ROOT / f"configs/{preset}.yaml").enhance.output_size == 112
+    cfg = load_config(ROOT / f"configs/{preset}.yaml")
+    assert cfg.enhance.output_size == 112
+    assert cfg.enhance.method == "bicubic" or (ROOT / cfg.enhance.weights).is_file()  # shipped weights only
 
 
 def test_overrides_and_errors():

@@ -256,8 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    return run_benchmark(lambda: run(args), log)
+    return run_benchmark(lambda: run(parse_args(argv)), log)
 
 
 if __name__ == "__main__":

@@ -69,11 +69,10 @@ class FixedShapeUpscale(nn.Module):
         chunks = []
         for start in range(0, self.coord.shape[0], self.step):
             q = slice(start, start + self.step)
-            index = self.index[None, :, q] + base  # B x 4 x q
-            projected = table.index_select(0, index.flatten()).reshape(*index.shape, table.shape[1])
-            preds = model.decoder(projected, self.query[None, :, q].expand(b, -1, -1, -1), [gi[q] for gi in self.g])
-            chunks.append(model._blend(preds, self.weights[None, :, q].expand(b, -1, -1),
-                                       up[:, q] if up is not None else None))
+            chunks.append(model._render(table, self.index[None, :, q] + base,  # B x 4 x q
+                                        self.query[None, :, q].expand(b, -1, -1, -1),
+                                        self.weights[None, :, q].expand(b, -1, -1),
+                                        up[:, q] if up is not None else None, [gi[q] for gi in self.g]))
         rgb = torch.cat(chunks, dim=1).clamp(0, 1)
         return rgb.transpose(1, 2).reshape(b, 3, self.out_px, self.out_px)
 

@@ -29,8 +29,9 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -238,6 +239,16 @@ def local_ensemble(coord: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, t
     return idx[..., 0] * w + idx[..., 1], rel, weights
 
 
+class _SizeGroup(NamedTuple):
+    """The images of one crop size in `ARASFSR.upscale`, with their rows of the flat LR table."""
+
+    members: list[int]  # positions in the call's image list
+    index: torch.Tensor  # N_g x 4 x Q: table row of each image's four ensemble codes per query
+    query: torch.Tensor  # 4 x Q x (2 or 4), shared by the group
+    weights: torch.Tensor  # 4 x Q, shared by the group
+    up: torch.Tensor | None  # N_g x Q x 3: the long skip's samples
+
+
 @dataclass
 class LatentGrid:
     """What the decoder needs from one LR batch: W_0 applied to the unfolded codes, and the LR image."""
@@ -360,13 +371,8 @@ class ARASFSR(nn.Module):
             else:
                 todo.append(i)
         if todo:
-            was_training = self.training
-            self.eval()
-            try:
-                with torch.inference_mode(), self._autocast(amp):
-                    rgb = self._decode_grid([images[i] for i in todo], height, width, max_queries, amp)
-            finally:
-                self.train(was_training)
+            with evaluating(self), self._autocast(amp):
+                rgb = self._decode_grid([images[i] for i in todo], height, width, max_queries, amp)
             for i, image_rgb in zip(todo, rgb):
                 out[i] = image_rgb.transpose(0, 1).reshape(1, 3, height, width)
         # clone() outside inference mode: callers get an ordinary tensor they may modify in place
@@ -382,35 +388,39 @@ class ARASFSR(nn.Module):
         g = None
         if self.coord_mod is not None:  # sec. 3.4: depends only on the output grid
             g = self._cached(("modulation", height, width, amp), lambda: self.coord_mod(coord))
-        parts = []  # per size group: (flat LR table, its ensemble geometry, the long skip's samples, its images)
+        tables, size_groups, offset = [], [], 0
         for (h, w), members in groups.items():
             grid = self.encode(torch.cat([images[k] for k in members]).to(self.device, torch.float32))
-            geometry = self._cached(("ensemble", h, w, height, width, amp),
-                                    lambda: self._ensemble_queries(coord, h, w, height, width))
+            index, query, weights = self._cached(("ensemble", h, w, height, width, amp),
+                                                 lambda: self._ensemble_queries(coord, h, w, height, width))
+            base = offset + h * w * torch.arange(len(members), device=self.device)  # each image's first row
             up = self._skip(grid.lr, coord.expand(len(members), -1, -1)) if self.skip else None
-            parts.append((grid.projected.flatten(2).transpose(1, 2).reshape(-1, grid.projected.shape[1]),
-                          geometry, up, members, h * w))
-        table = torch.cat([part[0] for part in parts])  # every LR position of every image: sum(hw) x C
-        offsets = torch.cumsum(torch.tensor([0] + [len(m) * hw for _, _, _, m, hw in parts[:-1]]), 0).tolist()
+            tables.append(grid.projected.flatten(2).transpose(1, 2).reshape(-1, grid.projected.shape[1]))
+            size_groups.append(_SizeGroup(members, index[None] + base[:, None, None], query, weights, up))
+            offset += len(members) * h * w
+        table = torch.cat(tables)  # every LR position of every image: sum(hw) x C
         step = max(1, max_queries // len(images))
         chunks = []
         for start in range(0, coord.shape[0], step):
             q = slice(start, start + step)
-            index, query, weights, up = [], [], [], []
-            for (_, (g_index, g_query, g_weights), g_up, members, hw), offset in zip(parts, offsets):
-                n = len(members)
-                base = offset + hw * torch.arange(n, device=table.device)  # where each image's table starts
-                index.append(g_index[:, q] + base[:, None, None])
-                query.append(g_query[:, q].expand(n, -1, -1, -1))
-                weights.append(g_weights[:, q].expand(n, -1, -1))
-                up.append(g_up[:, q] if g_up is not None else None)
-            index = torch.cat(index)  # N x 4 x q
-            projected = table.index_select(0, index.flatten()).reshape(*index.shape, table.shape[1])
-            preds = self.decoder(projected, torch.cat(query), [gi[q] for gi in g] if g is not None else None)
-            chunks.append(self._blend(preds, torch.cat(weights), torch.cat(up) if self.skip else None).float())
+            chunks.append(self._render(
+                table,
+                torch.cat([group.index[:, :, q] for group in size_groups]),  # N x 4 x q
+                torch.cat([group.query[None, :, q].expand(len(group.members), -1, -1, -1) for group in size_groups]),
+                torch.cat([group.weights[None, :, q].expand(len(group.members), -1, -1) for group in size_groups]),
+                torch.cat([group.up[:, q] for group in size_groups]) if self.skip else None,
+                [gi[q] for gi in g] if g is not None else None,
+            ).float())
         rgb = torch.cat(chunks, dim=1).clamp(0, 1)  # N x HW x 3 in group order
-        order = [k for *_, members, _ in parts for k in members]
+        order = [k for group in size_groups for k in group.members]
         return rgb[torch.argsort(torch.tensor(order, device=rgb.device))]
+
+    def _render(self, table: torch.Tensor, index: torch.Tensor, query: torch.Tensor, weights: torch.Tensor,
+                up: torch.Tensor | None, g: list[torch.Tensor] | None) -> torch.Tensor:
+        """One chunk of a shared grid: each query's four ensemble codes taken from the flat LR table
+        (`index`: N x 4 x q rows of `table`), decoded (eq. 7-12) and blended (eq. 4, sec. 3.5): N x q x 3."""
+        projected = table.index_select(0, index.flatten()).reshape(*index.shape, table.shape[1])
+        return self._blend(self.decoder(projected, query, g), weights, up)
 
     def _ensemble_queries(self, coord: torch.Tensor, h: int, w: int, height: int, width: int):
         """The local ensemble (eq. 4) of the H x W grid on an h x w LR grid, and each member's query
@@ -448,11 +458,8 @@ class ARASFSR(nn.Module):
         differ (RGB, the order the model was trained on) -> N x H x W x 3 uint8 on the CPU, rounded to the
         nearest level. Raises NonFiniteOutput if the output holds NaN/Inf: a black image must never pass
         for a result."""
-        if isinstance(images, np.ndarray):
-            lr = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255).to(self.device)
-        else:
-            lr = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255).to(self.device)
-                  for image in images]
+        lr = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255).to(self.device)
+              for image in images]  # an N x h x w x 3 array is iterated image by image too
         sr = self.upscale(lr, size, amp=amp)
         finite = torch.isfinite(sr).flatten(1).all(1).cpu().numpy()
         out = sr.nan_to_num_(0.0).mul_(255).round_().byte().permute(0, 2, 3, 1).cpu().numpy()
@@ -485,6 +492,18 @@ def _check_input(lr: torch.Tensor) -> None:
         raise ValueError("lr contains NaN or infinite values")
 
 
+@contextmanager
+def evaluating(model: nn.Module):
+    """Eval mode under inference mode, the module's training flag restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def _as_images(lr) -> list[torch.Tensor]:
     """`upscale`'s input as a list of checked 1 x 3 x h x w tensors."""
     if isinstance(lr, torch.Tensor):
@@ -505,23 +524,18 @@ def reference_upscale(model: ARASFSR, lr: torch.Tensor, size: tuple[int, int], m
     tested against (tests/test_model.py) and timed against (benchmarks/sr_speed.py)."""
     height, width = _check_size(size)
     _check_input(lr)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            lr = lr.to(model.device, torch.float32)
-            b, _, h, w = lr.shape
-            grid = model.encode(lr)
-            coord = make_coord(height, width, lr.device)
-            ratio = torch.tensor([h / height, w / width], device=lr.device)
-            step = max(1, max_queries // b)
-            out = []
-            for start in range(0, coord.shape[0], step):
-                c = coord[start:start + step].expand(b, -1, -1)
-                out.append(model.query_rgb(grid, c, ratio.expand_as(c)))
-            rgb = torch.cat(out, dim=1).clamp(0, 1)
-    finally:
-        model.train(was_training)
+    with evaluating(model):
+        lr = lr.to(model.device, torch.float32)
+        b, _, h, w = lr.shape
+        grid = model.encode(lr)
+        coord = make_coord(height, width, lr.device)
+        ratio = torch.tensor([h / height, w / width], device=lr.device)
+        step = max(1, max_queries // b)
+        out = []
+        for start in range(0, coord.shape[0], step):
+            c = coord[start:start + step].expand(b, -1, -1)
+            out.append(model.query_rgb(grid, c, ratio.expand_as(c)))
+        rgb = torch.cat(out, dim=1).clamp(0, 1)
     return rgb.transpose(1, 2).reshape(b, 3, height, width).clone()
 
 

@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
-"""Run the face super-resolution pipeline on a video file, an RTSP camera, a webcam or an image folder.
+"""Run the face super-resolution pipeline on a video file, an RTSP camera, a webcam or an image folder,
+or on many cameras in one process.
 
     python run_stream.py --source clip.mp4 [--config configs/cctv.yaml] [--out DIR] [--set key=value ...]
+    python run_stream.py --cameras configs/cameras.example.yaml --out DIR [--set key=value ...]
 
 SRC: a video file, rtsp://..., webcam:N, a folder of images, or `demo` (a generated clip of a face
 moving and shrinking from 80 to 16 px, written to DIR/input/demo.mp4). Writes DIR/tracks.jsonl,
 DIR/tracks/<id>/<frame>.png, DIR/summary.json and DIR/index.html; DIR is locked while the run lasts.
+
+Many cameras (a cameras file, see pipeline/cameras.py, or --source repeated: cameras cam1, cam2, ...)
+share one detector and one enhancer; each camera writes DIR/<camera id>/ as above, and DIR/summary.json
+and DIR/index.html cover them all. A camera that fails (never reachable, broken file) ends alone and
+the others go on; the run then exits with 3 and names the failed cameras on stderr.
+
 On bad input: one line on stderr and a non-zero exit. Ctrl-C (or SIGTERM) stops within seconds and
 still writes the summary and report (exit 0); a second one exits at once (exit 130).
 """
@@ -18,10 +26,16 @@ from pathlib import Path
 
 from common import cli, memory
 
+EXIT_CAMERAS_FAILED = 3  # a multi-camera run ended with at least one camera failed (the others' outputs are valid)
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", required=True, help="video file, rtsp://..., webcam:N, image folder, or 'demo'")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--source", action="append", help="video file, rtsp://..., webcam:N, image folder, or "
+                      "'demo'; repeat it for several cameras in one process (ids cam1, cam2, ...)")
+    what.add_argument("--cameras", metavar="FILE", help="cameras file (see configs/cameras.example.yaml): many "
+                      "cameras in one process, each with its own settings; its `config:` names the preset")
     ap.add_argument("--config", help="preset YAML (configs/*.yaml); default: the built-in defaults, which "
                     "configs/default.yaml documents")
     ap.add_argument("--out", help="output folder (default: output.dir of the config)")
@@ -30,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--overwrite", action="store_true",
                     help="replace a previous run in the output folder (only the files this program wrote go)")
     ap.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.cameras and args.config:
+        ap.error("--config: with --cameras, the preset is the cameras file's `config:` key")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that --help is instant.
+    from pipeline.cameras import cameras_from_sources, load_cameras
     from pipeline.config import load_config
     from pipeline.runner import Runner, install_signal_handlers
 
@@ -51,16 +69,35 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("output.overwrite=true")
     if args.quiet:
         overrides.append("runtime.progress=false")
-    config = load_config(args.config, overrides)
+    if args.cameras or len(args.source) > 1:
+        cameras = (load_cameras(args.cameras, overrides) if args.cameras
+                   else cameras_from_sources(args.source, args.config, overrides))
+        config, source = cameras[0].config, cameras  # what the cameras share is the same in every camera's
+    else:
+        config, source = load_config(args.config, overrides), args.source[0]
     out_dir = Path(args.out or config.output.dir)
-    runner = Runner(config, args.source, out_dir)
+    runner = Runner(config, source, out_dir)
     install_signal_handlers(runner)
     summary = runner.run()
+    if runner.multi:
+        return report_cameras(summary, out_dir)
     lost = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in summary["faces_not_written"].items() if n)
     print(f"{summary['frames_processed']} frames, {summary['faces_detected']} faces detected, "
           f"{summary['faces_written']} faces in {summary['tracks']} tracks written to {out_dir} "
           f"{f'(not written: {lost}) ' if lost else ''}({summary['fps']} fps); open {out_dir / 'index.html'}")
     return 0  # also after one SIGINT/SIGTERM: stopping a live stream that way is the normal end of a run
+
+
+def report_cameras(summary: dict, out_dir: Path) -> int:
+    """A line per camera, the totals, an `error:` line per failed camera; the exit code."""
+    for cam, info in summary["cameras"].items():
+        print(f"{cam}: {info['frames_processed']} frames, {info['faces_detected']} faces detected, "
+              f"{info['faces_written']} faces in {info['tracks']} tracks ({info['state']}; {info['fps']} fps)")
+    print(f"{len(summary['cameras'])} cameras: {summary['faces_written']} faces in {summary['tracks']} tracks "
+          f"written to {out_dir}; open {out_dir / 'index.html'}")
+    for cam in summary["failed"]:
+        print(f"error: camera {cam} failed: {summary['cameras'][cam]['error']}", file=sys.stderr)
+    return EXIT_CAMERAS_FAILED if summary["failed"] else 0
 
 
 if __name__ == "__main__":

@@ -125,14 +125,20 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Read a preset (None: the built-in defaults) and apply `section.key=value` overrides."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                sections: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read a preset (None: the built-in defaults), apply `sections` over it key by key (a camera's own
+    settings, see pipeline.cameras), then the `section.key=value` overrides."""
     values: dict[str, Any] = {}
-    for section, entries in (read_yaml(path, "config file") if path is not None else {}).items():
-        _check(section)
-        for key in entries if isinstance(entries, dict) else ():
-            _check(section, key)
-        values[section] = dict(entries) if isinstance(entries, dict) else entries
+    for layer in (read_yaml(path, "config file") if path is not None else {}), (sections or {}):
+        for section, entries in layer.items():
+            _check(section)
+            for key in entries if isinstance(entries, dict) else ():
+                _check(section, key)
+            if isinstance(entries, dict) and isinstance(values.get(section), dict):
+                values[section] = {**values[section], **entries}
+            else:
+                values[section] = dict(entries) if isinstance(entries, dict) else entries
     for text in overrides:
         section, key, value = parse_override(text)
         values.setdefault(section, {})[key] = value

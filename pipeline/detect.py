@@ -27,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import logging
@@ -514,6 +515,15 @@ class MTCNNDetector:
         self._warned: set[str] = set()
         self.profile = DetectProfile()
         log.debug("MTCNN on %s, %s", self.device, self.config)
+
+    def reconfigured(self, config: DetectorConfig) -> MTCNNDetector:
+        """A detector with other settings (thresholds, minimum face, ...) sharing this one's networks: the
+        cameras of a run share one copy of the weights whatever their detection settings."""
+        if resolve_device(config.device, "detect.device") != self.device:
+            raise ConfigError("detect.device must be the same for every camera of a run")
+        other = copy.copy(self)
+        other.config, other._warned, other.profile = config, set(), DetectProfile()
+        return other
 
     @torch.inference_mode()
     def detect(self, frames: Sequence[np.ndarray]) -> list[list[Detection]]:

@@ -58,24 +58,33 @@ class Enhancer:
     with bicubic instead, its record saying so (method "bicubic"), and counted in `fallbacks`: one
     bad batch must not end a live run, and a black face must never be written as if it were SR."""
 
-    def __init__(self, config: EnhancerConfig | None = None) -> None:
+    def __init__(self, config: EnhancerConfig | None = None, models: dict | None = None) -> None:
+        """`models`: loaded models by weights file, shared by the enhancers that pass the same dict (the
+        cameras of a run: one copy of each model in memory)."""
         self.config = config or EnhancerConfig()
         self.model = None
         self.fallbacks = 0  # faces written with bicubic because the model's output was not finite
         if self.config.method == "arasfsr":
-            from models import CheckpointError, load_model, resolve_device
-
             path = Path(self.config.weights)
             if not path.is_absolute() and not path.exists():
                 path = ROOT / path  # relative to the project, so the CLI works from any directory
-            try:
-                self.model = load_model(path, device=resolve_device(self.config.device, "enhance.device"))
-            except CheckpointError as exc:
-                raise ConfigError(f"enhance.weights: {exc}") from None
-            except (RuntimeError, AssertionError) as exc:  # e.g. device "cuda" on a machine without one
-                raise ConfigError(f"enhance.device {self.config.device!r}: {exc}") from None
-            self.model.max_queries = self.config.max_queries
-            log.info("ARASFSR %s on %s", path.name, self.model.device)
+            models = {} if models is None else models
+            if path.resolve() not in models:
+                models[path.resolve()] = self._load(path)
+            self.model = models[path.resolve()]
+
+    def _load(self, path: Path):
+        from models import CheckpointError, load_model, resolve_device
+
+        try:
+            model = load_model(path, device=resolve_device(self.config.device, "enhance.device"))
+        except CheckpointError as exc:
+            raise ConfigError(f"enhance.weights: {exc}") from None
+        except (RuntimeError, AssertionError) as exc:  # e.g. device "cuda" on a machine without one
+            raise ConfigError(f"enhance.device {self.config.device!r}: {exc}") from None
+        model.max_queries = self.config.max_queries
+        log.info("ARASFSR %s on %s", path.name, model.device)
+        return model
 
     @property
     def name(self) -> str:

@@ -85,6 +85,7 @@ class TrackEnd:
     last_frame: int
     faces_seen: int
     reason: str
+    camera: str = ""  # the camera's id in a multi-camera run (pipeline.cameras); "" for a single source
 
 
 @dataclass
@@ -102,6 +103,7 @@ class AlignedFace:
     detection: Detection
     pts_time: float | None = None
     source_file: str | None = None  # the Frame's
+    camera: str = ""  # the camera's id in a multi-camera run (pipeline.cameras); "" for a single source
 
 
 @dataclass

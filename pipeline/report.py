@@ -7,6 +7,9 @@ once the track ended), and for the best-quality face
 the LR crop (shown enlarged with nearest-neighbour pixels), bicubic and SR side by side, then a
 strip of SR frames across the track.
 
+A multi-camera run (`pipeline.cameras`) has one such report per camera folder, and
+`write_cameras_report` writes DIR/index.html: the totals and a row per camera linking its report.
+
 Example:
     >>> write_report("out/demo")  # doctest: +SKIP
     PosixPath('out/demo/index.html')
@@ -128,6 +131,14 @@ def _track_html(out_dir: Path, track_id: int, recs: list[FaceRecord], ident: Ide
             f'<div class="strip">{strip_html}</div></section>')
 
 
+def _page(title: str, body: str) -> bytes:
+    # The generator tag tells a later run with --overwrite that this index.html is ours to replace.
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="generator" content="{REPORT_GENERATOR}">'
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+            f"<h1>{_e(title)}</h1>{body}</body></html>\n").encode("utf-8")
+
+
 def write_report(out_dir: Path | str, *, strip: int = 8, title: str | None = None) -> Path:
     """Write `out_dir/index.html` atomically and return its path.
 
@@ -142,15 +153,35 @@ def write_report(out_dir: Path | str, *, strip: int = 8, title: str | None = Non
     n_faces = sum(len(r) for r in by_track.values())
     tracks_html = "".join(_track_html(out_dir, tid, recs, idents.get(tid), run.track_ends.get(tid), strip)
                           for tid, recs in by_track.items()) or "<p>No faces in this run.</p>"
-    # The generator tag tells a later run with --overwrite that this index.html is ours to replace.
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="generator" content="{REPORT_GENERATOR}">'
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{_e(title)}</h1>"
-            f"<p>{len(by_track)} tracks, {n_faces} faces"
-            f"{f', {len(idents)} tracks with an identity decision' if idents else ''}.</p>"
-            f'<table class="summary">{rows}</table>{tracks_html}</body></html>\n')
+    page = _page(title, f"<p>{len(by_track)} tracks, {n_faces} faces"
+                        f"{f', {len(idents)} tracks with an identity decision' if idents else ''}.</p>"
+                        f'<table class="summary">{rows}</table>{tracks_html}')
     path = out_dir / REPORT_FILE
-    atomic_write_bytes(path, page.encode("utf-8"))
+    atomic_write_bytes(path, page)
     log.info("report: %s (%d tracks)", path, len(by_track))
+    return path
+
+
+def write_cameras_report(out_dir: Path | str, summary: dict[str, Any]) -> Path:
+    """Write a multi-camera run's `out_dir/index.html` from its summary: the totals, then one row per
+    camera linking the camera's own report (`<id>/index.html`); a failed camera's row says why."""
+    out_dir = Path(out_dir)
+    cols = ("state", "source", "frames_processed", "frames_dropped", "reconnects", "faces_detected",
+            "faces_written", "tracks", "fps", "error")
+    head = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in cols)
+    rows = "".join(
+        f'<tr><td><a href="{_src(f"{cam}/{REPORT_FILE}")}">{_e(cam)}</a></td>'
+        + "".join(f"<td>{_e('' if info.get(c) is None else _fmt(info.get(c)))}</td>" for c in cols) + "</tr>"
+        for cam, info in summary["cameras"].items())
+    totals = {k: v for k, v in summary.items() if k != "cameras"}
+    failed = f"; failed: {_e(', '.join(summary['failed']))}" if summary["failed"] else ""
+    body = (f"<p>{len(summary['cameras'])} cameras, {summary['faces_written']} faces in {summary['tracks']} tracks"
+            f"{failed}.</p>"
+            f'<table class="summary"><tr><th>camera</th>{head}</tr>{rows}</table><h2>Totals</h2>'
+            '<table class="summary">'
+            + "".join(f"<tr><td>{_e(k)}</td><td>{_summary_cell(v)}</td></tr>" for k, v in totals.items())
+            + "</table>")
+    path = out_dir / REPORT_FILE
+    atomic_write_bytes(path, _page(f"Cameras: {out_dir.resolve().name}", body))
+    log.info("report: %s (%d cameras)", path, len(summary["cameras"]))
     return path

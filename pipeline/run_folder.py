@@ -107,6 +107,7 @@ TRACK_RECORD_SCHEMA: dict = {
         "quality": {"type": ["number", "null"]},
         "method": {"type": "string", "minLength": 1},
         "source_file": {"type": ["string", "null"]},
+        "camera": {"type": ["string", "null"]},
     },
 }
 
@@ -128,6 +129,7 @@ TRACK_END_SCHEMA: dict = {
         "best_quality": {"type": ["number", "null"]},
         "best_frame": _INT0,
         "reason": {"type": "string", "pattern": "^(lost|unconfirmed|stream_end|photo)$"},
+        "camera": {"type": ["string", "null"]},
     },
 }
 
@@ -251,6 +253,7 @@ class FaceRecord(_Line):
     quality: float | None
     method: str
     source_file: str | None = None  # the image's file name when the source is a folder of images
+    camera: str | None = None  # the camera's id in a multi-camera run, None for a single source
 
     @classmethod
     def of(cls, face: EnhancedFace, output_size: int, pts_time: float | None, comparison: bool) -> FaceRecord:
@@ -264,7 +267,7 @@ class FaceRecord(_Line):
             det_score=_num(a.detection.score, 4), crop_size=int(a.crop_size), scale=_num(face.scale, 4),
             output_size=int(output_size), image=image, lr_image=lr_image if comparison else None,
             bicubic_image=bicubic_image if comparison else None, quality=_num(a.quality, 4), method=face.method,
-            source_file=a.source_file)
+            source_file=a.source_file, camera=a.camera or None)
 
 
 @dataclass
@@ -287,12 +290,14 @@ class TrackEndRecord(_Line):
     best_quality: float | None
     best_frame: int
     reason: str
+    camera: str | None = None  # the camera's id in a multi-camera run, None for a single source
 
     @classmethod
     def of(cls, end: TrackEnd, faces_written: int, best_quality: float | None, best_frame: int) -> TrackEndRecord:
         return cls(track_id=int(end.track_id), frame_index=int(end.frame_index), first_frame=int(end.first_frame),
                    last_frame=int(end.last_frame), faces_seen=int(end.faces_seen), faces_written=int(faces_written),
-                   best_quality=_num(best_quality, 4), best_frame=int(best_frame), reason=end.reason)
+                   best_quality=_num(best_quality, 4), best_frame=int(best_frame), reason=end.reason,
+                   camera=end.camera or None)
 
 
 @dataclass

@@ -3,6 +3,15 @@
     source (reader thread) -> detect -> track -> align -> select   (main thread)
         -> enhance (enhance thread) -> disk sink + recognition     (sink thread)
 
+Many cameras (`pipeline.cameras`) run in the same threads: one reader thread per camera, and the
+main thread takes from each in turn what it has decoded (up to a detector batch: a busy camera
+cannot starve the others); frames of all cameras with the same detection settings go through the
+detector together, faces of all cameras through the enhancer together; each camera has its own
+tracker, selector, sink and counters (`CameraRun`), and writes DIR/<camera id>/. A camera whose
+source fails (never reachable, gone for good) ends alone, its summary saying why; the others go on.
+When a camera's input ends, a done marker follows its last face down the queues, and the sink then
+writes that camera's summary.json and report at once.
+
 Track lifecycle: the tracker reports each track's end once (`TrackEnd`); the end goes down the same
 queues as the faces, after the track's last face, and every stage with per-track state finishes the
 track on it: select emits its best-N faces, the sink writes the track_end line, recognition writes
@@ -10,7 +19,7 @@ the final identity. When the input ends, the tracker ends every live track and t
 
 Back-pressure: when the enhancer falls behind, its bounded queue blocks the main thread, which stops
 reading frames; a file source then simply waits (no frame is lost) and a live source drops its
-oldest frames (counted in summary.json).
+oldest frames (counted in summary.json, per camera).
 
 Stopping (SIGINT/SIGTERM, see `install_signal_handlers`): the reading stops, the faces already
 enhanced are written, the backlog waiting for the enhancer is skipped (counted in summary.json as
@@ -37,22 +46,26 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
+from common.redact import mask_secrets
 from pipeline.align import Aligner
+from pipeline.cameras import Camera
 from pipeline.config import PipelineConfig
 from pipeline.detect import MTCNNDetector
 from pipeline.enhance import Enhancer
-from pipeline.errors import SourceError
+from pipeline.errors import ConfigError, SourceError
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.run_folder import DEMO_CLIP, RunFolder
 from pipeline.select import Selector
-from pipeline.sinks import DiskSink
+from pipeline.sinks import DiskSink, write_summary
 from pipeline.source import open_source
 from trackers import SortTracker
 
@@ -60,6 +73,12 @@ log = logging.getLogger(__name__)
 _DONE = object()
 #: Seconds one detector or enhancer call should take: about the longest a stop request waits for either.
 CALL_S = 0.5
+#: When no camera has a frame decoded, the reading waits this long (shared among the cameras) before looking again.
+IDLE_WAIT_S = 0.5
+#: A multi-camera run's DIR/summary.json: these totals over the cameras, and these fields of each camera.
+OVERVIEW_TOTALS = ("frames_decoded", "frames_processed", "frames_dropped", "reconnects", "faces_detected",
+                   "faces_written", "tracks")
+OVERVIEW_CAMERA = ("state", "source", "live", "error", *OVERVIEW_TOTALS, "fps")
 
 #: Why detected faces were not written (summary.json "faces_not_written"): each detection is counted once,
 #: so faces_detected = faces_written + the sum of these (for a run that was not cut short).
@@ -135,25 +154,230 @@ class Pacer:
         return out, spent
 
 
-class Runner:
-    """Runs the whole pipeline on one source into one output folder; `run()` returns the summary."""
+@dataclass(frozen=True)
+class _CameraDone:
+    """Goes down the queues after a camera's last face and track end: the sink then writes its summary."""
 
-    def __init__(self, config: PipelineConfig, source: str, out_dir: str | Path | None = None,
-                 stop: threading.Event | None = None) -> None:
-        self.config = config
-        self.source_spec = source
-        self.out_dir = Path(out_dir or config.output.dir)
-        self.stop = stop or threading.Event()
-        self.running = threading.Event()  # set once start-up is over and the stages run
-        self._detect_pacer = Pacer(config.detect.batch)
+    camera: str
+
+
+class CameraRun:
+    """One camera's share of a run: its source, tracker, selector, sink, recognition and counters.
+    The detector and enhancer are the run's, shared with the other cameras of the same settings."""
+
+    def __init__(self, camera: Camera, path: Path, started: float) -> None:
+        self.id, self.config, self.source_spec, self.path = camera.id, camera.config, camera.source, path
+        self.started = started
         self.timer = StageTimer()
         self.counts: dict[str, int] = defaultdict(int)
         self.not_written: Counter[str] = Counter()  # the runner's share of NOT_WRITTEN_REASONS
-        self.photos = False  # the source is a folder of unrelated photos
         self.track_ids: set[int] = set()
+        self.photos = False  # the source is a folder of unrelated photos
+        self.error: SourceError | None = None
+        self.state = "starting"  # then running, and finished / stopped / failed (see STATES)
+        self.fallbacks = 0  # faces written with bicubic because the model's output was not finite
+        self.summary: dict[str, Any] | None = None
+        self.src = self.sink = self.matcher = self.detector = self.enhancer = None
+        self.aligner = Aligner(self.config.align.min_size, self.config.align.max_size)
+        self.selector = Selector(self.config.select)
+        self.tracker = SortTracker(self.config.track)
+
+    @property
+    def name(self) -> str:
+        """The camera as messages name it: its id, or the (masked) source of a single-source run."""
+        return self.id or (self.src.name if self.src is not None else mask_secrets(self.source_spec))
+
+    def open(self, stack: ExitStack, folder: RunFolder, detector: MTCNNDetector, enhancer: Enhancer,
+             strict: bool) -> None:
+        """Open the source and the sink. A source that cannot be opened raises when `strict` (a
+        single-source run); otherwise this camera fails alone (its folder gets a summary saying why)."""
+        cfg = self.config
+        self.detector, self.enhancer = detector, enhancer
+        self.matcher = self._make_matcher(detector)
+        if self.matcher is not None:
+            stack.callback(self.matcher.close)
+        try:
+            self.src = stack.enter_context(open_source(self._input(folder), cfg.source))
+        except SourceError as exc:
+            if strict:
+                raise
+            self.error, self.state = exc, "failed"
+            log.error("camera %s: %s", self.id, exc)
+        self.sink = stack.enter_context(DiskSink(folder, cfg.enhance.output_size,
+                                                 save_comparison=cfg.output.save_comparison))
+        if self.src is None:
+            return
+        self.photos = self.src.folder_mode == "photos"
+        # Unrelated photos: every face that could start a track is one, confirmed at once (there is
+        # no second sighting to wait for), and ends with its photo.
+        if self.photos:
+            self.tracker = SortTracker(dataclasses.replace(cfg.track, min_hits=1))
+        self.state = "running"
+
+    def _make_matcher(self, detector):
+        rec = self.config.recognition
+        if not rec.gallery:
+            return None
+        from pipeline.recognition import build_matcher
+
+        return build_matcher(rec, detector, self.path)
+
+    def _input(self, folder: RunFolder) -> str:
+        """The source to open: `demo` is the demo clip, generated into the camera's folder."""
+        if self.source_spec != "demo":
+            return self.source_spec
+        from pipeline.demo import make_demo_clip
+
+        return str(make_demo_clip(folder.path / DEMO_CLIP))
+
+    def read(self, most: int, wait: float) -> list[Frame] | None:
+        """Up to `most` frames: the first waits up to `wait` s, the rest only if already decoded (a
+        file's next frames come at once). [] if none came in time; None at the end of the source, and
+        once it fails (a camera gone for good): `error` then says why, and what was read is kept."""
+        t0 = time.perf_counter()
+        try:
+            frame = self.src.read(timeout=wait)
+        except TimeoutError:
+            return []
+        except SourceError as exc:
+            self.error = exc
+            return None
+        finally:
+            self.timer.add("wait_for_frames", time.perf_counter() - t0, 0)
+        frames: list[Frame] = []
+        while frame is not None:
+            frames.append(frame)
+            if len(frames) >= most:
+                break
+            try:
+                frame = self.src.read(timeout=0 if self.src.is_live else None)
+            except (TimeoutError, SourceError):  # a failure comes again on the next read
+                break
+        return frames or None
+
+    @property
+    def detect_every(self) -> int:
+        return 1 if self.photos else self.config.detect.every  # no photo is skipped
+
+    def process(self, frames: list[Frame], detections: dict[int, list]) -> list[AlignedFace | TrackEnd]:
+        """Track, align and select the faces of `frames` (in order), given the detections of those
+        frames that were detected; returns the faces to enhance and the track ends, tagged with the camera."""
+        chosen: list[AlignedFace | TrackEnd] = []
+        tracker, aligner, selector = self.tracker, self.aligner, self.selector
+        for frame in frames:
+            dets = detections.get(frame.index)
+            if dets is None and self.config.detect.roi and tracker.num_tracks:
+                t0 = time.perf_counter()
+                dets = self.detector.detect_around(frame.image, tracker.expected_boxes(frame.index))
+                self.timer.add("detect", time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
+            updates = tracker.update(frame.index, dets) if dets is not None else tracker.predict(frame.index)
+            self.counts["faces_detected"] += len(dets or [])
+            t1 = time.perf_counter()
+            aligned = aligner(frame, updates)
+            t2 = time.perf_counter()
+            seen = [u for u in updates if u.detection is not None]
+            eligible = sum(u.state in aligner.states for u in seen)
+            self.not_written["unconfirmed_track"] += len(seen) - eligible
+            self.not_written["unalignable"] += eligible - len(aligned)
+            picked = selector(aligned)
+            if self.photos:
+                tracker.finish("photo")
+            self.track_ids.update(f.track_id for f in picked)
+            for face in picked:
+                face.camera = self.id
+            chosen.extend(picked)
+            chosen.extend(self.ended())
+            t3 = time.perf_counter()
+            self.timer.add("track", t1 - t0, 1)
+            self.timer.add("align", t2 - t1, len(aligned))
+            self.timer.add("select", t3 - t2, len(aligned))
+            self.counts["faces_aligned"] += len(aligned)
+            self.counts["frames_processed"] += 1
+        return chosen
+
+    def ended(self) -> list[AlignedFace | TrackEnd]:
+        """The tracks the tracker ended since the last call: their best-N faces, then their ends."""
+        ends = [dataclasses.replace(e, camera=self.id) for e in self.tracker.pop_ended()]
+        faces = self.selector.end_tracks(e.track_id for e in ends)
+        for face in faces:
+            face.camera = self.id
+        return [*faces, *ends]
+
+    def finish(self, stopped: bool) -> list:
+        """End the camera's reading (its input ended, it failed, or the run stops): every live track
+        ends; returns what must still go down the queues, the camera's done marker last."""
+        if stopped and self.src is not None and self.src.is_live and not self.src.stats.decoded \
+                and self.error is None:
+            # Not a normal end: the camera never answered, so the run has nothing to show for it.
+            self.error = SourceError(f"{self.name}: stopped before the source delivered any frame")
+        self.state = "failed" if self.error is not None else "stopped" if stopped else "finished"
+        self.tracker.finish()  # tracks still alive end like any other
+        return [*self.ended(), _CameraDone(self.id)]
+
+    def write_summary(self, interrupted: bool) -> dict[str, Any]:
+        """summary.json of the camera (and its report): called by the sink once its last face is written."""
+        cfg, src = self.config, self.src
+        wall = time.perf_counter() - self.started
+        processed = self.counts["frames_processed"]
+        not_written = {r: self.not_written[r] + self.tracker.dropped[r] + self.selector.skipped[r]
+                       for r in NOT_WRITTEN_REASONS}
+        self.summary = {
+            **({"camera": self.id, "state": self.state} if self.id else {}),
+            "source": src.name if src else mask_secrets(self.source_spec), "live": src.is_live if src else None,
+            "interrupted": interrupted,
+            "frames_decoded": src.stats.decoded if src else 0, "frames_processed": processed,
+            "frames_dropped": src.stats.dropped if src else 0, "frames_expected": src.frame_count if src else None,
+            "truncated": src.truncated if src else False, "reconnects": src.stats.reconnects if src else 0,
+            "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
+            "faces_written": self.counts["faces_written"], "faces_not_written": not_written,
+            "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"],
+            "folder_mode": src.folder_mode if src else None,
+            "tracks": len(self.sink.track_ids), "faces_bicubic_fallback": self.fallbacks,
+            "enhance_method": cfg.enhance.method, "output_size": cfg.enhance.output_size,
+            "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
+            "stages": self.timer.summary(), "config": cfg.to_dict(),
+            "error": str(self.error) if self.error else None,
+        }
+        self.sink.write_summary(self.summary)
+        if cfg.output.report:
+            from pipeline.report import write_report
+
+            write_report(self.path)
+        return self.summary
+
+    def log_live(self) -> None:
+        elapsed = time.perf_counter() - self.started
+        stats = self.src.stats
+        log.info("%s: %d frames (%.1f fps), %d dropped, %d reconnects, %d faces, %d tracks", self.name,
+                 self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
+                 stats.dropped, stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
+
+
+class Runner:
+    """Runs the whole pipeline on one source, or on the cameras of a cameras file, into one output
+    folder; `run()` returns the summary (a multi-camera run's: the aggregate of DIR/summary.json).
+
+    `source`: a source spec (one camera: its outputs at the folder's top level), or a list of
+    `pipeline.cameras.Camera` (DIR/<camera id>/ each, DIR/summary.json and DIR/index.html over all);
+    `config` is then the settings the cameras share (`pipeline.cameras.SHARED`), e.g. the first camera's.
+    """
+
+    def __init__(self, config: PipelineConfig, source: str | Sequence[Camera], out_dir: str | Path | None = None,
+                 stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.multi = not isinstance(source, (str, Path))
+        self.cameras_given = list(source) if self.multi else [Camera("", str(source), config)]
+        if self.multi and not self.cameras_given:
+            raise ConfigError("a multi-camera run needs at least one camera")
+        self.out_dir = Path(out_dir or config.output.dir)
+        self.stop = stop or threading.Event()
+        self.running = threading.Event()  # set once start-up is over and the stages run
+        self.timer = StageTimer()  # the shared stages' calls, whole (each camera's timer has its share)
+        self.cameras: dict[str, CameraRun] = {}
+        self._detect_pacers: dict[int, Pacer] = {}
         self._error: BaseException | None = None
         self._torch_threads = torch.get_num_threads()  # torch's own count, for the threads set to 0
-        self.source_error: SourceError | None = None
 
     # -- worker threads ---------------------------------------------------------------------------
     def _guard(self, fn, *args) -> None:
@@ -181,100 +405,89 @@ class Runner:
             except queue.Full:
                 pass
 
-    def _enhance_loop(self, enhancer: Enhancer, inbox: queue.Queue, outbox: queue.Queue) -> None:
-        """Items in: lists of AlignedFace and TrackEnd; out: the same lists with the faces enhanced.
-        A batch's track ends go out after its faces: an end never overtakes a face of its track."""
+    def _enhance_loop(self, inbox: queue.Queue, outbox: queue.Queue) -> None:
+        """Items in: lists of AlignedFace, TrackEnd and camera-done markers; out: the same lists with the
+        faces enhanced. A batch's other items go out after its faces, in order: an end never overtakes
+        a face of its track, nor a camera's done marker a face of the camera."""
         # Explicitly, also for 0: a new thread would otherwise inherit whatever count was set last.
         torch.set_num_threads(self.config.enhance.threads or self._torch_threads)
         batch_size = self.config.enhance.batch_size
-        pacer = Pacer(batch_size, weight=enhancer.uses_model)
+        pacer = Pacer(batch_size, weight=lambda face: self.cameras[face.camera].enhancer.uses_model(face))
         done = False
         while not done:
             faces: list[AlignedFace] = []
-            ends: list[TrackEnd] = []
+            others: list = []
             item = self._get(inbox)
             while True:  # gather what is waiting, up to a full batch, without waiting for more
                 if item is _DONE:
                     done = True
                     break
                 for x in item:
-                    (ends if isinstance(x, TrackEnd) else faces).append(x)
+                    (faces if isinstance(x, AlignedFace) else others).append(x)
                 if len(faces) >= batch_size:
                     break
                 try:
                     item = inbox.get_nowait()
                 except queue.Empty:
                     break
-            enhanced = self._enhance_until_stopped(enhancer, pacer, faces)
-            if enhanced or ends:
-                self._put(outbox, [*enhanced, *ends])
+            enhanced = self._enhance_until_stopped(pacer, faces)
+            if enhanced or others:
+                self._put(outbox, [*enhanced, *others])
         self._put(outbox, _DONE)
 
-    def _enhance_until_stopped(self, enhancer: Enhancer, pacer: Pacer,
-                               faces: list[AlignedFace]) -> list[EnhancedFace]:
+    def _enhance(self, faces: list[AlignedFace]) -> list[EnhancedFace]:
+        """Faces of any cameras through their cameras' enhancers (one call per enhancer), in order."""
+        out: list[EnhancedFace | None] = [None] * len(faces)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, face in enumerate(faces):
+            groups[id(self.cameras[face.camera].enhancer)].append(i)
+        for members in groups.values():
+            enhancer = self.cameras[faces[members[0]].camera].enhancer
+            for i, result in zip(members, enhancer([faces[i] for i in members])):
+                out[i] = result
+        return out  # type: ignore[return-value]
+
+    def _enhance_until_stopped(self, pacer: Pacer, faces: list[AlignedFace]) -> list[EnhancedFace]:
         """The faces enhanced before a stop request; the rest are skipped, and counted."""
-        enhanced, seconds = pacer.run(enhancer, faces, self.stop)
+        enhanced, seconds = pacer.run(self._enhance, faces, self.stop)
         if enhanced:
             self.timer.add("enhance", seconds, len(enhanced))
-        self.counts["faces_skipped_at_stop"] += len(faces) - len(enhanced)
+            for cam, n in Counter(e.face.camera for e in enhanced).items():
+                self.cameras[cam].timer.add("enhance", seconds * n / len(enhanced), n)
+        for e in enhanced:
+            cam = self.cameras[e.face.camera]
+            cam.fallbacks += e.method != cam.enhancer.name
+        for face in faces[len(enhanced):]:
+            self.cameras[face.camera].counts["faces_skipped_at_stop"] += 1
         return enhanced
 
-    def _sink_loop(self, sink: DiskSink, matcher, inbox: queue.Queue) -> None:
+    def _sink_loop(self, inbox: queue.Queue) -> None:
         while (item := self._get(inbox)) is not _DONE:
-            t0 = time.perf_counter()
-            faces = 0
             for x in item:
-                if isinstance(x, TrackEnd):
-                    sink.end_track(x)
-                    if matcher is not None:
-                        matcher.end_track(x.track_id)
+                if isinstance(x, _CameraDone):
+                    self.cameras[x.camera].write_summary(self.stop.is_set())
                     continue
-                sink.write(x)
-                if matcher is not None:
-                    matcher.update(x)
-                faces += 1
-            self.timer.add("sink", time.perf_counter() - t0, faces)
-            self.counts["faces_written"] += faces
+                t0 = time.perf_counter()
+                if isinstance(x, TrackEnd):
+                    cam = self.cameras[x.camera]
+                    cam.sink.end_track(x)
+                    if cam.matcher is not None:
+                        cam.matcher.end_track(x.track_id)
+                    continue
+                cam = self.cameras[x.face.camera]
+                cam.sink.write(x)
+                if cam.matcher is not None:
+                    cam.matcher.update(x)
+                cam.counts["faces_written"] += 1
+                seconds = time.perf_counter() - t0
+                cam.timer.add("sink", seconds, 1)
+                self.timer.add("sink", seconds, 1)
 
     # -- main loop --------------------------------------------------------------------------------
-    def _read_batch(self, src, size: int) -> list[Frame] | None:
-        """Up to `size` frames: the first waits, the rest only if already queued. None at the end."""
-        frames: list[Frame] = []
-        while not frames:
-            if self.stop.is_set():
-                return None
-            t0 = time.perf_counter()
-            try:
-                frame = src.read(timeout=0.5)
-            except TimeoutError:
-                continue
-            finally:
-                self.timer.add("wait_for_frames", time.perf_counter() - t0, 0)
-            if frame is None:
-                return None
-            frames.append(frame)
-        while len(frames) < size:
-            try:
-                frame = src.read(timeout=0 if src.is_live else None)
-            except TimeoutError:
-                break
-            if frame is None:
-                break
-            frames.append(frame)
-        return frames
-
-    def _read_batch_or_fail(self, src, size: int) -> list[Frame] | None:
-        """A source that fails mid-run (a camera gone for good) ends the stream like EOF: what was read
-        is still enhanced and written, summary.json records the error, and `run` raises it at the end."""
-        try:
-            return self._read_batch(src, size)
-        except SourceError as exc:
-            self.source_error = exc
-            return None
-
     def run(self) -> dict[str, Any]:
         """Run to the end of the input (or a stop request); returns the summary. Raises UserError
-        subclasses for bad input, and the source's error after writing what was read before it."""
+        subclasses for bad input; a single-source run raises the source's error after writing what
+        was read before it (a camera of a multi-camera run fails alone: see `failed`)."""
         start = time.perf_counter()
         # torch's thread count is per thread once set: the detecting (this) thread and the enhance thread
         # each take their own (detect.threads, enhance.threads), and this thread gets its own back at the end.
@@ -285,62 +498,36 @@ class Runner:
                 summary = self._run_in(folder, start)
         finally:
             torch.set_num_threads(self._torch_threads)
-        if self.source_error is not None:
-            raise self.source_error
+        if not self.multi:
+            cam = self.cameras[""]
+            if cam.error is not None:
+                raise cam.error
         return summary
 
-    def _input(self, folder: RunFolder) -> str:
-        """The source to open: `demo` is the demo clip, generated into the run folder."""
-        if self.source_spec != "demo":
-            return self.source_spec
-        from pipeline.demo import make_demo_clip
-
-        return str(make_demo_clip(folder.path / DEMO_CLIP))
+    @property
+    def failed(self) -> list[str]:
+        """Ids of the cameras that failed (never reachable, broken, gone for good)."""
+        return [c.id for c in self.cameras.values() if c.state == "failed"]
 
     def _run_in(self, folder: RunFolder, start: float) -> dict[str, Any]:
         cfg = self.config
-        source = self._input(folder)
-        detector = MTCNNDetector(cfg.detect.detector())
-        enhancer = Enhancer(cfg.enhance)
-        aligner, selector = Aligner(cfg.align.min_size, cfg.align.max_size), Selector(cfg.select)
-        matcher = self._make_matcher(detector)
-        to_enhance: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
-        to_sink: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
-        sink = DiskSink(folder, cfg.enhance.output_size, save_comparison=cfg.output.save_comparison)
-        with open_source(source, cfg.source) as src, sink:
-            self.photos = src.folder_mode == "photos"
-            # Unrelated photos: every face that could start a track is one, confirmed at once (there is
-            # no second sighting to wait for), and ends with its photo.
-            tracker = SortTracker(dataclasses.replace(cfg.track, min_hits=1) if self.photos else cfg.track)
-            workers = [threading.Thread(target=self._guard, args=(self._enhance_loop, enhancer, to_enhance, to_sink),
+        with ExitStack() as stack:
+            self._open_cameras(stack, folder, start)
+            to_enhance: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
+            to_sink: queue.Queue = queue.Queue(maxsize=cfg.runtime.queue_size)
+            workers = [threading.Thread(target=self._guard, args=(self._enhance_loop, to_enhance, to_sink),
                                         name="enhance", daemon=True),
-                       threading.Thread(target=self._guard, args=(self._sink_loop, sink, matcher, to_sink),
+                       threading.Thread(target=self._guard, args=(self._sink_loop, to_sink),
                                         name="sink", daemon=True)]
             for w in workers:
                 w.start()
-            progress = self._progress(src)
-            last_log = time.perf_counter()
+            progress = self._progress()
             self.running.set()
             try:
-                while (frames := self._read_batch_or_fail(src, cfg.detect.batch)) is not None:
-                    if chosen := self._process(frames, detector, tracker, aligner, selector):
-                        self._put(to_enhance, chosen)
-                    if progress is not None:
-                        progress.update(len(frames))
-                        progress.set_postfix(faces=self.counts["faces_detected"], tracks=len(self.track_ids),
-                                             refresh=False)
-                    elif time.perf_counter() - last_log >= cfg.runtime.log_every:
-                        last_log = time.perf_counter()
-                        self._log_live(src, start)
-                    if cfg.runtime.max_frames and self.counts["frames_processed"] >= cfg.runtime.max_frames:
-                        break
-                stopped = self.stop.is_set() and self._error is None
-                if stopped and src.is_live and not src.stats.decoded and self.source_error is None:
-                    # Not a normal end: the camera never answered, so the run has nothing to show for it.
-                    self.source_error = SourceError(f"{src.name}: stopped before the source delivered any frame")
-                tracker.finish()  # tracks still alive end like any other
-                if ended := self._ended(tracker, selector):
-                    self._put(to_enhance, ended)
+                for cam in self.cameras.values():
+                    if cam.state == "failed":  # never opened: nothing to read, its summary says why
+                        self._put(to_enhance, cam.finish(stopped=False))
+                self._loop(to_enhance, progress)
             except BaseException as exc:  # make the workers give up too
                 self._error = self._error or exc
                 raise
@@ -350,101 +537,132 @@ class Runner:
                     w.join()
                 if progress is not None:
                     progress.close()
-                if matcher is not None:
-                    matcher.close()
             if self._error is not None:
                 raise self._error
-            summary = self._summary(src, start, sink, enhancer,
-                                    not_written={r: self.not_written[r] + tracker.dropped[r] + selector.skipped[r]
-                                                 for r in NOT_WRITTEN_REASONS})
-            sink.write_summary(summary)
-        if cfg.output.report:
-            from pipeline.report import write_report
+        if not self.multi:
+            return self.cameras[""].summary
+        return self._write_overview(folder, start)
 
-            write_report(folder.path)
-        return summary
+    def _open_cameras(self, stack: ExitStack, folder: RunFolder, start: float) -> None:
+        """Every camera's folder, source and sink; one detector per detection settings (sharing the
+        networks) and one enhancer per enhancement settings (sharing a model per weights file)."""
+        detectors: dict[str, MTCNNDetector] = {}
+        enhancers: dict[str, Enhancer] = {}
+        models: dict = {}
+        for camera in self.cameras_given:
+            cfg = camera.config
+            cam_folder = folder
+            if self.multi:  # each camera's folder is held and checked like a run folder of its own
+                cam_folder = stack.enter_context(RunFolder(folder.path / camera.id, overwrite=cfg.output.overwrite))
+            dkey, ekey = repr(cfg.detect.detector()), repr(cfg.enhance)
+            if dkey not in detectors:
+                detectors[dkey] = (next(iter(detectors.values())).reconfigured(cfg.detect.detector())
+                                   if detectors else MTCNNDetector(cfg.detect.detector()))
+            if ekey not in enhancers:
+                enhancers[ekey] = Enhancer(cfg.enhance, models=models)
+            cam = CameraRun(camera, cam_folder.path, start)
+            self.cameras[camera.id] = cam
+            cam.open(stack, cam_folder, detectors[dkey], enhancers[ekey], strict=not self.multi)
 
-    def _process(self, frames: list[Frame], detector, tracker, aligner, selector) -> list[AlignedFace | TrackEnd]:
-        every = 1 if self.photos else self.config.detect.every  # no photo is skipped
-        to_detect = [f for f in frames if f.index % every == 0]
-        found, seconds = self._detect_pacer.run(detector.detect, [f.image for f in to_detect], self.stop)
-        self.timer.add("detect", seconds, len(found))
-        if len(found) < len(to_detect):  # stopped: the frames from the first one not detected are left
-            frames = [f for f in frames if f.index < to_detect[len(found)].index]
-        detections = {f.index: d for f, d in zip(to_detect, found)}
-        chosen: list[AlignedFace | TrackEnd] = []
-        for frame in frames:
-            dets = detections.get(frame.index)
-            if dets is None and self.config.detect.roi and tracker.num_tracks:
-                t0 = time.perf_counter()
-                dets = detector.detect_around(frame.image, tracker.expected_boxes(frame.index))
-                self.timer.add("detect", time.perf_counter() - t0, 1)
-            t0 = time.perf_counter()
-            updates = tracker.update(frame.index, dets) if dets is not None else tracker.predict(frame.index)
-            self.counts["faces_detected"] += len(dets or [])
-            t1 = time.perf_counter()
-            aligned = aligner(frame, updates)
-            t2 = time.perf_counter()
-            seen = [u for u in updates if u.detection is not None]
-            eligible = sum(u.state in aligner.states for u in seen)
-            self.not_written["unconfirmed_track"] += len(seen) - eligible
-            self.not_written["unalignable"] += eligible - len(aligned)
-            picked = selector(aligned)
-            if self.photos:
-                tracker.finish("photo")
-            self.track_ids.update(f.track_id for f in picked)
-            chosen.extend(picked)
-            chosen.extend(self._ended(tracker, selector))
-            t3 = time.perf_counter()
-            self.timer.add("track", t1 - t0, 1)
-            self.timer.add("align", t2 - t1, len(aligned))
-            self.timer.add("select", t3 - t2, len(aligned))
-            self.counts["faces_aligned"] += len(aligned)
-            self.counts["frames_processed"] += 1
+    def _loop(self, to_enhance: queue.Queue, progress) -> None:
+        """Read the cameras in turn (each gives what it has decoded, up to a detector batch: a busy
+        camera cannot starve the others), detect, track, align and select, and queue the faces."""
+        cfg = self.config
+        active = [c for c in self.cameras.values() if c.state == "running"]
+        turn = 0
+        last_log = time.perf_counter()
+        while active and not self.stop.is_set():
+            order = active[turn % len(active):] + active[:turn % len(active)]
+            turn += 1
+            batch: dict[CameraRun, list[Frame]] = {}
+            ended: list[CameraRun] = []
+            for cam in order:
+                frames = cam.read(cfg.detect.batch, 0.0)
+                if frames is None:
+                    ended.append(cam)
+                elif frames:
+                    batch[cam] = frames
+            if not batch and not ended:  # nothing decoded anywhere: wait on one camera rather than spin
+                cam = order[0]
+                frames = cam.read(cfg.detect.batch, IDLE_WAIT_S / len(active))
+                if frames is None:
+                    ended.append(cam)
+                elif frames:
+                    batch[cam] = frames
+            if batch:
+                self._put(to_enhance, self._process(batch))
+            for cam in batch:
+                if cfg.runtime.max_frames and cam.counts["frames_processed"] >= cfg.runtime.max_frames:
+                    ended.append(cam)
+            for cam in ended:
+                active.remove(cam)
+                self._put(to_enhance, cam.finish(stopped=False))
+            if progress is not None:
+                progress.update(sum(len(f) for f in batch.values()))
+                progress.set_postfix(faces=sum(c.counts["faces_detected"] for c in self.cameras.values()),
+                                     tracks=sum(len(c.track_ids) for c in self.cameras.values()), refresh=False)
+            elif time.perf_counter() - last_log >= cfg.runtime.log_every:
+                last_log = time.perf_counter()
+                for cam in active:
+                    cam.log_live()
+        for cam in active:  # stopped
+            self._put(to_enhance, cam.finish(stopped=True))
+
+    def _process(self, batch: dict[CameraRun, list[Frame]]) -> list:
+        """Detect the frames due for detection, all cameras of the same detector in the same calls (the
+        detector groups frames by size), then each camera's frames through its tracker, in order."""
+        due = {cam: [f for f in frames if f.index % cam.detect_every == 0] for cam, frames in batch.items()}
+        by_detector: dict[int, list[CameraRun]] = defaultdict(list)
+        for cam in batch:
+            by_detector[id(cam.detector)].append(cam)
+        detections: dict[tuple[str, int], list] = {}
+        for key, cams in by_detector.items():
+            items = [(cam, f) for cam in cams for f in due[cam]]
+            if not items:
+                continue
+            pacer = self._detect_pacers.setdefault(key, Pacer(self.config.detect.batch))
+            found, seconds = pacer.run(cams[0].detector.detect, [f.image for _, f in items], self.stop)
+            self.timer.add("detect", seconds, len(found))
+            for (cam, frame), dets in zip(items, found):
+                detections[(cam.id, frame.index)] = dets
+            for cam, n in Counter(cam for cam, _ in items[:len(found)]).items():
+                cam.timer.add("detect", seconds * n / len(found), n)
+        chosen: list = []
+        for cam, frames in batch.items():
+            missing = [f.index for f in due[cam] if (cam.id, f.index) not in detections]
+            if missing:  # stopped: the frames from the first one not detected are left
+                frames = [f for f in frames if f.index < missing[0]]
+            chosen += cam.process(frames, {i: d for (c, i), d in detections.items() if c == cam.id})
         return chosen
 
-    def _ended(self, tracker, selector) -> list[AlignedFace | TrackEnd]:
-        """The tracks the tracker ended since the last call: their best-N faces, then their ends."""
-        ends = tracker.pop_ended()
-        return [*selector.end_tracks(e.track_id for e in ends), *ends]
-
-    def _make_matcher(self, detector):
-        rec = self.config.recognition
-        if not rec.gallery:
+    def _progress(self):
+        cams = [c for c in self.cameras.values() if c.src is not None]
+        if not self.config.runtime.progress or not cams or any(c.src.is_live for c in cams):
             return None
-        from pipeline.recognition import build_matcher
+        counts = [c.src.frame_count for c in cams]
+        total = None if None in counts else sum(counts)
+        if self.config.runtime.max_frames and total is not None:
+            total = sum(min(n, self.config.runtime.max_frames) for n in counts)
+        name = Path(cams[0].src.name).name if not self.multi else f"{len(self.cameras)} cameras"
+        return tqdm(total=total, unit="frame", desc=name, dynamic_ncols=True)
 
-        return build_matcher(rec, detector, self.out_dir)
-
-    def _progress(self, src):
-        if src.is_live or not self.config.runtime.progress:
-            return None
-        return tqdm(total=src.frame_count, unit="frame", desc=Path(src.name).name, dynamic_ncols=True)
-
-    def _log_live(self, src, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        log.info("%s: %d frames (%.1f fps), %d dropped, %d reconnects, %d faces, %d tracks", src.name,
-                 self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
-                 src.stats.dropped, src.stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
-
-    def _summary(self, src, start: float, sink: DiskSink, enhancer: Enhancer,
-                 not_written: dict[str, int]) -> dict[str, Any]:
+    def _write_overview(self, folder: RunFolder, start: float) -> dict[str, Any]:
+        """DIR/summary.json over all cameras (each camera's own is DIR/<id>/summary.json) and DIR/index.html."""
         wall = time.perf_counter() - start
-        processed = self.counts["frames_processed"]
-        return {
-            # A worker's failure also sets stop, but then the run raises it instead of writing a summary.
-            "source": src.name, "live": src.is_live, "interrupted": self.stop.is_set(),
-            "frames_decoded": src.stats.decoded, "frames_processed": processed, "frames_dropped": src.stats.dropped,
-            "frames_expected": src.frame_count, "truncated": src.truncated, "reconnects": src.stats.reconnects,
-            "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
-            "faces_written": self.counts["faces_written"], "faces_not_written": not_written,
-            "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"], "folder_mode": src.folder_mode,
-            "tracks": len(sink.track_ids), "faces_bicubic_fallback": enhancer.fallbacks,
-            "enhance_method": self.config.enhance.method, "output_size": self.config.enhance.output_size,
-            "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
-            "stages": self.timer.summary(), "config": self.config.to_dict(),
-            "error": str(self.source_error) if self.source_error else None,
+        cams = {c.id: c.summary for c in self.cameras.values()}
+        totals = {k: sum(s[k] for s in cams.values()) for k in OVERVIEW_TOTALS}
+        summary = {
+            "cameras": {i: {k: s.get(k) for k in OVERVIEW_CAMERA} for i, s in cams.items()},
+            "failed": self.failed, "interrupted": self.stop.is_set(), **totals,
+            "faces_written_per_s": round(totals["faces_written"] / wall, 3) if wall > 0 else None,
+            "wall_time_s": round(wall, 3), "stages": self.timer.summary(),
         }
+        write_summary(folder.path, summary)
+        if self.config.output.report:
+            from pipeline.report import write_cameras_report
+
+            write_cameras_report(folder.path, summary)
+        return summary
 
 
 def install_signal_handlers(runner: Runner) -> None:

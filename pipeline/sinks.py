@@ -196,14 +196,8 @@ class DiskSink:
             raise _sink_error(self.out_dir / TRACKS_FILE, e) from None
 
     def write_summary(self, summary: Mapping[str, Any]) -> Path:
-        """Write summary.json atomically (temp file + fsync + rename); return its path.
-
-        Numpy scalars/arrays are converted; NaN/inf are not allowed (ValueError).
-        """
-        path = self.out_dir / SUMMARY_FILE
-        text = json.dumps(dict(summary), indent=2, allow_nan=False, default=_jsonable) + "\n"
-        atomic_write_bytes(path, text.encode(), fsync=True)
-        return path
+        """Write the run folder's summary.json (see `write_summary`); return its path."""
+        return write_summary(self.out_dir, summary)
 
 
 class _Tally:
@@ -224,3 +218,14 @@ class _Tally:
         if self.count == 1 or self._rank(record.quality, record.frame_index) > \
                 self._rank(self.best_quality, self.best_frame):
             self.best_quality, self.best_frame = record.quality, record.frame_index
+
+
+def write_summary(folder: Path | str, summary: Mapping[str, Any]) -> Path:
+    """Write `folder`/summary.json atomically (temp file + fsync + rename); return its path.
+
+    Numpy scalars/arrays are converted; NaN/inf are not allowed (ValueError).
+    """
+    path = Path(folder) / SUMMARY_FILE
+    text = json.dumps(dict(summary), indent=2, allow_nan=False, default=_jsonable) + "\n"
+    atomic_write_bytes(path, text.encode(), fsync=True)
+    return path

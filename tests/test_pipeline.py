@@ -21,7 +21,7 @@ from pipeline.errors import ConfigError
 from pipeline.records import AlignedFace, Detection
 from pipeline.recognition import Embedder, Gallery, GalleryMatcher, l2_normalize
 from pipeline.run_folder import load_run, validate_record
-from pipeline.runner import Pacer, Runner
+from pipeline.runner import CameraRun, Pacer, Runner
 from pipeline.select import SelectConfig, Selector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,7 +250,7 @@ def test_tracks_end_while_the_run_goes_on(tmp_path, monkeypatch):
     out = tmp_path / "run"
     matcher = GalleryMatcher(Gallery.from_images({"astronaut": [frames[0][60:120, 20:80]]}, MeanColour()),
                              MeanColour(), out / "identities.jsonl", overwrite=True)
-    monkeypatch.setattr(Runner, "_make_matcher", lambda self, detector: matcher)
+    monkeypatch.setattr(CameraRun, "_make_matcher", lambda self, detector: matcher)
     cfg = load_config(ROOT / "configs/default.yaml", ["runtime.progress=false", "enhance.method=bicubic",
                                                       "track.max_age=3", "select.every_k=3", "select.best_n=2"])
     summary = Runner(cfg, str(folder), out).run()

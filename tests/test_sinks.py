@@ -202,7 +202,7 @@ def test_track_end_line_summarises_the_faces_written(tmp_path: Path) -> None:
     assert [(r["type"], r["track_id"]) for r in lines] == [("face", 1)] * 4 + [("face", 7), ("track_end", 1)]
     assert lines[-1] == rec == {"type": "track_end", "track_id": 1, "frame_index": 20, "first_frame": 0,
                                 "last_frame": 9, "faces_seen": 10, "faces_written": 4, "best_quality": 0.9,
-                                "best_frame": 4, "reason": "lost"}  # first of the best on ties
+                                "best_frame": 4, "reason": "lost", "camera": None}  # first of the best on ties
     validate_record(rec)
 
 

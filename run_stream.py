@@ -20,6 +20,7 @@ still writes the summary and report (exit 0); a second one exits at once (exit 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -43,6 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="override one config value, e.g. --set enhance.output_size=160 (repeatable)")
     ap.add_argument("--overwrite", action="store_true",
                     help="replace a previous run in the output folder (only the files this program wrote go)")
+    ap.add_argument("--metrics-port", type=int, metavar="N", help="serve live Prometheus metrics at "
+                    "http://HOST:N/metrics while the run lasts (0: any free port, logged)")
+    ap.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
+                    help="address the metrics are served on (default 127.0.0.1: this machine only)")
     ap.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
     args = ap.parse_args(argv)
     if args.cameras and args.config:
@@ -78,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out or config.output.dir)
     runner = Runner(config, source, out_dir)
     install_signal_handlers(runner)
-    summary = runner.run()
+    with contextlib.ExitStack() as stack:
+        if args.metrics_port is not None:
+            from pipeline.metrics import MetricsServer
+
+            stack.enter_context(MetricsServer(args.metrics_port, runner.snapshot, host=args.metrics_host))
+        summary = runner.run()
     if runner.multi:
         return report_cameras(summary, out_dir)
     lost = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in summary["faces_not_written"].items() if n)

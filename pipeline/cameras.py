@@ -6,7 +6,7 @@
         source: rtsp://user:pass@10.0.0.5/stream1
         detect: {min_face_size: 16}  # any preset section, overriding the preset for this camera only
       - id: door
-        source: recordings/door.mp4
+        source: {uri: recordings/door.mp4, queue_size: 16}   # the long form: + this camera's source settings
 
 A camera's settings are the preset, then its own sections (key by key), then the command line's
 `--set` overrides, which apply to every camera. The settings of what the cameras share (one detector
@@ -88,9 +88,14 @@ def _camera(entry: Any, where: str, preset: Path | None, overrides: Sequence[str
         raise ConfigError(f"{where}: id must be letters, digits, '_' or '-' (it names the camera's output "
                           f"folder), got {cam_id!r}")
     where = f"{where} ({cam_id})"
-    if not isinstance(source, str) or not source.strip():
-        raise ConfigError(f"{where}: source must be a video file, rtsp://..., webcam:N or an image folder")
     sections = {k: v for k, v in entry.items() if k not in ("id", "source")}
+    if isinstance(source, dict):  # the long form: {uri: ..., <source settings for this camera>}
+        source = dict(source)
+        sections["source"] = source
+        source = source.pop("uri", None)
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(f"{where}: source must be a video file, rtsp://..., webcam:N or an image folder, "
+                          "or {uri: <one of those>, <source settings>}")
     for section, entries in sections.items():
         shared = SHARED.get(section, ())
         keys = list(entries) if isinstance(entries, dict) else []

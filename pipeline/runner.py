@@ -62,6 +62,7 @@ from pipeline.config import PipelineConfig
 from pipeline.detect import MTCNNDetector
 from pipeline.enhance import Enhancer
 from pipeline.errors import ConfigError, SourceError
+from pipeline.metrics import CameraState, CameraStats, StageTimer
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.run_folder import DEMO_CLIP, RunFolder
 from pipeline.select import Selector
@@ -91,26 +92,6 @@ NOT_WRITTEN_REASONS = (
     "not_selected",        # left out by select.every_k / select.best_n
     "invalid_box",         # non-finite box or score from the detector
 )
-
-
-class StageTimer:
-    """Seconds spent per stage, and how many items each stage handled (frames or faces)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.items: dict[str, int] = defaultdict(int)
-        self._lock = threading.Lock()
-
-    def add(self, stage: str, seconds: float, items: int) -> None:
-        with self._lock:
-            self.seconds[stage] += seconds
-            self.items[stage] += items
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        return {s: {"seconds": round(self.seconds[s], 3), "items": self.items[s],
-                    "per_second": round(self.items[s] / self.seconds[s], 2)
-                    if self.seconds[s] > 0 and self.items[s] else None}  # a wait has no rate
-                for s in self.seconds}
 
 
 class Pacer:
@@ -174,7 +155,7 @@ class CameraRun:
         self.track_ids: set[int] = set()
         self.photos = False  # the source is a folder of unrelated photos
         self.error: SourceError | None = None
-        self.state = "starting"  # then running, and finished / stopped / failed (see STATES)
+        self.state = CameraState.STARTING  # then RUNNING, and FINISHED (also when stopped) or FAILED
         self.fallbacks = 0  # faces written with bicubic because the model's output was not finite
         self.summary: dict[str, Any] | None = None
         self.src = self.sink = self.matcher = self.detector = self.enhancer = None
@@ -201,7 +182,7 @@ class CameraRun:
         except SourceError as exc:
             if strict:
                 raise
-            self.error, self.state = exc, "failed"
+            self.error, self.state = exc, CameraState.FAILED
             log.error("camera %s: %s", self.id, exc)
         self.sink = stack.enter_context(DiskSink(folder, cfg.enhance.output_size,
                                                  save_comparison=cfg.output.save_comparison))
@@ -212,7 +193,7 @@ class CameraRun:
         # no second sighting to wait for), and ends with its photo.
         if self.photos:
             self.tracker = SortTracker(dataclasses.replace(cfg.track, min_hits=1))
-        self.state = "running"
+        self.state = CameraState.RUNNING
 
     def _make_matcher(self, detector):
         rec = self.config.recognition
@@ -311,7 +292,7 @@ class CameraRun:
                 and self.error is None:
             # Not a normal end: the camera never answered, so the run has nothing to show for it.
             self.error = SourceError(f"{self.name}: stopped before the source delivered any frame")
-        self.state = "failed" if self.error is not None else "stopped" if stopped else "finished"
+        self.state = CameraState.FAILED if self.error is not None else CameraState.FINISHED
         self.tracker.finish()  # tracks still alive end like any other
         return [*self.ended(), _CameraDone(self.id)]
 
@@ -322,21 +303,19 @@ class CameraRun:
         processed = self.counts["frames_processed"]
         not_written = {r: self.not_written[r] + self.tracker.dropped[r] + self.selector.skipped[r]
                        for r in NOT_WRITTEN_REASONS}
+        stats = self.stats().summary_fields()  # the numbers the metrics endpoint serves
         self.summary = {
-            **({"camera": self.id, "state": self.state} if self.id else {}),
-            "source": src.name if src else mask_secrets(self.source_spec), "live": src.is_live if src else None,
-            "interrupted": interrupted,
-            "frames_decoded": src.stats.decoded if src else 0, "frames_processed": processed,
-            "frames_dropped": src.stats.dropped if src else 0, "frames_expected": src.frame_count if src else None,
-            "truncated": src.truncated if src else False, "reconnects": src.stats.reconnects if src else 0,
-            "faces_detected": self.counts["faces_detected"], "faces_aligned": self.counts["faces_aligned"],
-            "faces_written": self.counts["faces_written"], "faces_not_written": not_written,
+            **({"camera": self.id, "state": self.state.value} if self.id else {}),
+            "source": stats.pop("source"), "live": stats.pop("live"), "interrupted": interrupted,
+            **{k: v for k, v in stats.items() if k != "stages"},
+            "frames_expected": src.frame_count if src else None, "truncated": src.truncated if src else False,
+            "faces_aligned": self.counts["faces_aligned"], "faces_not_written": not_written,
             "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"],
             "folder_mode": src.folder_mode if src else None,
             "tracks": len(self.sink.track_ids), "faces_bicubic_fallback": self.fallbacks,
             "enhance_method": cfg.enhance.method, "output_size": cfg.enhance.output_size,
             "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
-            "stages": self.timer.summary(), "config": cfg.to_dict(),
+            "stages": stats["stages"], "config": cfg.to_dict(),
             "error": str(self.error) if self.error else None,
         }
         self.sink.write_summary(self.summary)
@@ -345,6 +324,20 @@ class CameraRun:
 
             write_report(self.path)
         return self.summary
+
+    def stats(self) -> CameraStats:
+        """The camera's numbers now: what the metrics endpoint serves, and summary.json's counters."""
+        src = self.src
+        state = self.state
+        if state is CameraState.RUNNING and src.is_live and not src.connected:
+            state = CameraState.RECONNECTING if src.stats.decoded else CameraState.STARTING
+        return CameraStats(
+            camera=self.id or "default", source=src.name if src else mask_secrets(self.source_spec),
+            live=bool(src and src.is_live),
+            frames_decoded=src.stats.decoded if src else 0, frames_processed=self.counts["frames_processed"],
+            frames_dropped=src.stats.dropped if src else 0, reconnects=src.stats.reconnects if src else 0,
+            faces_detected=self.counts["faces_detected"], faces_written=self.counts["faces_written"],
+            queue_depth=src.queued if src else 0, state=state, timer=self.timer)
 
     def log_live(self) -> None:
         elapsed = time.perf_counter() - self.started
@@ -507,7 +500,11 @@ class Runner:
     @property
     def failed(self) -> list[str]:
         """Ids of the cameras that failed (never reachable, broken, gone for good)."""
-        return [c.id for c in self.cameras.values() if c.state == "failed"]
+        return [c.id for c in self.cameras.values() if c.state is CameraState.FAILED]
+
+    def snapshot(self) -> list[CameraStats]:
+        """Every camera's numbers now (for `pipeline.metrics.MetricsServer`); safe from any thread."""
+        return [cam.stats() for cam in list(self.cameras.values())]
 
     def _run_in(self, folder: RunFolder, start: float) -> dict[str, Any]:
         cfg = self.config
@@ -525,7 +522,7 @@ class Runner:
             self.running.set()
             try:
                 for cam in self.cameras.values():
-                    if cam.state == "failed":  # never opened: nothing to read, its summary says why
+                    if cam.state is CameraState.FAILED:  # never opened: nothing to read, its summary says why
                         self._put(to_enhance, cam.finish(stopped=False))
                 self._loop(to_enhance, progress)
             except BaseException as exc:  # make the workers give up too
@@ -568,7 +565,7 @@ class Runner:
         """Read the cameras in turn (each gives what it has decoded, up to a detector batch: a busy
         camera cannot starve the others), detect, track, align and select, and queue the faces."""
         cfg = self.config
-        active = [c for c in self.cameras.values() if c.state == "running"]
+        active = [c for c in self.cameras.values() if c.state is CameraState.RUNNING]
         turn = 0
         last_log = time.perf_counter()
         while active and not self.stop.is_set():

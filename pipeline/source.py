@@ -221,6 +221,7 @@ class VideoSource:
         self._stop = threading.Event()
         self._started = time.monotonic()  # the first-frame deadline counts from here
         self._queue = FrameQueue(self.config.queue_size, drop_oldest=self.is_live)
+        self.connected = False  # the stream is open and being read (False while a live source reconnects)
 
         # Open files, folders and webcams now so a bad input fails at once with a clear message;
         # RTSP connects in the thread (with unlimited attempts, connecting may take forever).
@@ -245,6 +246,11 @@ class VideoSource:
             return None
         self.stats.delivered += 1
         return item  # type: ignore[return-value]
+
+    @property
+    def queued(self) -> int:
+        """Frames decoded and not yet read."""
+        return len(self._queue)
 
     def __iter__(self) -> Iterator[Frame]:
         while (frame := self.read()) is not None:
@@ -408,11 +414,12 @@ class VideoSource:
                     log.warning("%s: reconnected", self.name)
                 else:
                     log.info("%s: opened (%sx%s, %s fps)", self.name, self.width, self.height, self.fps)
-            connected_before = True
+            connected_before = self.connected = True
             before = self.stats.decoded
             try:
                 problem = self._decode(container)
             finally:
+                self.connected = False
                 container.close()
                 container = None
             if self._stop.is_set():

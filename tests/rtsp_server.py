@@ -233,9 +233,11 @@ def serve(video: Path, port: int, path: str, max_frames: int, exit_on_stdin_eof:
     gop = max(1, round(fps / 2))  # a key frame every 0.5 s: reconnecting clients start fast
 
     factory = GstRtspServer.RTSPMediaFactory()
+    # threads=1: with x264's sliced threads (zerolatency's default) the P frames of this pipeline decode
+    # corrupt (green bands: only every key frame was a usable picture); one thread encodes them right.
     factory.set_launch(
         "( appsrc name=src is-live=true format=time do-timestamp=true "
-        "! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast "
+        "! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast threads=1 "
         f"key-int-max={gop} bitrate=2000 ! rtph264pay name=pay0 pt=96 config-interval=-1 )")
     factory.set_shared(False)  # one pipeline per client; each starts at frame 0 with a key frame
 

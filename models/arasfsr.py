@@ -26,6 +26,7 @@ Example:
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .encoders import ENCODERS
+
+log = logging.getLogger(__name__)
 
 MIN_INPUT = 8  # smallest LR side the encoders and the 3x3 unfolding are meant for
 GRID_CACHE_SIZE = 64  # output grids x LR sizes kept by `upscale` (~1-3 MB each at 112-160 px)
@@ -292,6 +295,9 @@ class ARASFSR(nn.Module):
         self.skip = config["skip"]
         self.max_queries = DEFAULT_MAX_QUERIES
         self._grid_cache: OrderedDict[tuple, object] = OrderedDict()
+        # Where `upscale` runs its encoder and per-chunk render: None is torch, else an object with this
+        # model's `encode` and `_render` (models.onnx_runtime.OnnxRuntime). Dropped when the weights may change.
+        self.runtime = None
 
     # -- training interface -------------------------------------------------------------------
     def encode(self, lr: torch.Tensor) -> LatentGrid:
@@ -355,7 +361,8 @@ class ARASFSR(nn.Module):
         decoding, and `reference_upscale` (the per-image path of training) within float rounding.
         An image with H <= h and W <= w has nothing to super-resolve: it is down-sampled with antialiased
         area resampling instead of the implicit function.
-        `amp` = "bf16" or "fp16" enables autocast on CUDA (ignored on the CPU).
+        `amp` = "bf16" or "fp16" enables autocast on CUDA (ignored on the CPU, so with `runtime`, which is CPU-only).
+        With `runtime` set, the encoder and the per-chunk render run there (same results within float rounding).
         """
         height, width = _check_size(size)
         images = _as_images(lr)
@@ -384,13 +391,15 @@ class ARASFSR(nn.Module):
         groups: dict[tuple[int, int], list[int]] = {}
         for k, image in enumerate(images):
             groups.setdefault(tuple(image.shape[-2:]), []).append(k)
+        encode, render = (self.encode, self._render) if self.runtime is None else (self.runtime.encode,
+                                                                                   self.runtime.render)
         coord = self._cached(("coord", height, width, amp), lambda: make_coord(height, width, self.device))
         g = None
         if self.coord_mod is not None:  # sec. 3.4: depends only on the output grid
             g = self._cached(("modulation", height, width, amp), lambda: self.coord_mod(coord))
         tables, size_groups, offset = [], [], 0
         for (h, w), members in groups.items():
-            grid = self.encode(torch.cat([images[k] for k in members]).to(self.device, torch.float32))
+            grid = encode(torch.cat([images[k] for k in members]).to(self.device, torch.float32))
             index, query, weights = self._cached(("ensemble", h, w, height, width, amp),
                                                  lambda: self._ensemble_queries(coord, h, w, height, width))
             base = offset + h * w * torch.arange(len(members), device=self.device)  # each image's first row
@@ -403,7 +412,7 @@ class ARASFSR(nn.Module):
         chunks = []
         for start in range(0, coord.shape[0], step):
             q = slice(start, start + step)
-            chunks.append(self._render(
+            chunks.append(render(
                 table,
                 torch.cat([group.index[:, :, q] for group in size_groups]),  # N x 4 x q
                 torch.cat([group.query[None, :, q].expand(len(group.members), -1, -1, -1) for group in size_groups]),
@@ -432,8 +441,8 @@ class ARASFSR(nn.Module):
         return index, rel, weights
 
     def _cached(self, key: tuple, make: Callable[[], object]):
-        """What depends only on the grids, kept for the next call (a bounded LRU). Cleared when the
-        weights may change: `train(True)` and `load_state_dict`."""
+        """What depends only on the grids, kept for the next call (a bounded LRU). Cleared, and `runtime`
+        dropped, when the weights may change: `train(True)` and `load_state_dict`."""
         key = key + (str(self.device),)
         if key in self._grid_cache:
             self._grid_cache.move_to_end(key)
@@ -445,12 +454,18 @@ class ARASFSR(nn.Module):
 
     def train(self, mode: bool = True) -> "ARASFSR":
         if mode:
-            self._grid_cache.clear()
+            self._weights_may_change()
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):
-        self._grid_cache.clear()
+        self._weights_may_change()
         return super().load_state_dict(*args, **kwargs)
+
+    def _weights_may_change(self) -> None:
+        self._grid_cache.clear()
+        if self.runtime is not None:  # its graphs hold the old weights
+            log.info("model runtime %s detached: the weights may change", type(self.runtime).__name__)
+            self.runtime = None
 
     def upscale_uint8(self, images: np.ndarray | Sequence[np.ndarray], size: tuple[int, int],
                       amp: str | None = None) -> np.ndarray:

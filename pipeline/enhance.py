@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("arasfsr", "bicubic")
+RUNTIMES = ("auto", "torch", "onnxruntime")
 
 
 @dataclass
@@ -39,7 +40,10 @@ class EnhancerConfig:
     batch_size: int = setting(32, lo=1)
     max_queries: int = setting(4096, lo=1)
     amp: str | None = setting(None, choices=("bf16", "fp16"))
-    threads: int = setting(0, lo=0, hi=256)  # torch CPU threads of the enhance thread (0: torch's default)
+    threads: int = setting(0, lo=0, hi=256)  # CPU threads of the enhance thread (0: torch's default)
+    # Where the model runs: onnxruntime is 2-4x torch's faces/s on a CPU (BENCHMARKS.md, "CPU runtimes");
+    # auto = onnxruntime when the device is the CPU and the package is installed, else torch.
+    runtime: str = setting("auto", choices=RUNTIMES)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -83,8 +87,34 @@ class Enhancer:
         except (RuntimeError, AssertionError) as exc:  # e.g. device "cuda" on a machine without one
             raise ConfigError(f"enhance.device {self.config.device!r}: {exc}") from None
         model.max_queries = self.config.max_queries
-        log.info("ARASFSR %s on %s", path.name, model.device)
+        runtime = self._attach_runtime(model)
+        log.info("ARASFSR %s on %s (%s)", path.name, model.device, runtime)
         return model
+
+    def _attach_runtime(self, model) -> str:
+        """Runs `model` where `enhance.runtime` says (`model.runtime`); returns the runtime's name."""
+        from models import onnx_runtime
+
+        runtime, on_cpu = self.config.runtime, model.device.type == "cpu"
+        if runtime == "auto":
+            runtime = "onnxruntime" if on_cpu and onnx_runtime.available() else "torch"
+        elif runtime == "onnxruntime" and not on_cpu:
+            raise ConfigError(f"onnxruntime runs on the CPU only, but the model is on {model.device}: "
+                              "set enhance.device cpu or enhance.runtime torch", key="enhance.runtime")
+        elif runtime == "onnxruntime" and not onnx_runtime.available():
+            raise ConfigError(f"onnxruntime is not installed: {onnx_runtime.INSTALL}", key="enhance.runtime")
+        if runtime == "onnxruntime":
+            if self.config.amp:
+                log.info("enhance.amp %s has no effect: ONNX Runtime runs fp32 on the CPU", self.config.amp)
+            model.runtime = onnx_runtime.OnnxRuntime(model, threads=self.config.threads)
+        return runtime
+
+    @property
+    def runtime(self) -> str | None:
+        """Where the model runs: "torch" or "onnxruntime" (None: no model)."""
+        if self.model is None:
+            return None
+        return "torch" if self.model.runtime is None else "onnxruntime"
 
     @property
     def name(self) -> str:

@@ -16,6 +16,15 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared/data"
 LONG_CLIP_FRAMES = 200
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The ONNX graphs the enhancer exports (enhance.runtime auto / onnxruntime) go to a folder of this
+    session, CLI runs in subprocesses included, never to the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def long_face_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo face in every one of LONG_CLIP_FRAMES frames: a run that enhances it with ARASFSR on a

@@ -5,7 +5,7 @@ output size / batch; with the peak memory of each (RSS, sampled; on CUDA also th
 
     python -m benchmarks.sr_speed [--weights PATH|config:YAML ...] [--lr 14 20 28 40 64] [--out 112 160] \
         [--batch 1 8 32 128] [--device cpu cuda] [--threads N] [--repeats 5] [--quick] \
-        [--json out/sr_speed.json] [--plot out/sr_speed.png]
+        [--runtime torch onnxruntime] [--json out/sr_speed.json] [--plot out/sr_speed.png]
 
 `--weights config:configs/model/X.yaml` builds that model with random weights: speed does not depend on
 them. Default weights: the paper's (the full decoder) and ARASFSR-LM (its trained file when present, else
@@ -13,6 +13,9 @@ random weights from its config). `--quick`: 28 px -> 112, batch 1 and 8, 3 repea
 Latency is per call (one batch); faces/s = batch / p50. The ratios are of faces/s in the same cell:
 `fast_over_reference` (the fast path's speed-up) and `fast_over_bicubic` (below 1: SR costs more).
 Each cell starts with one untimed warm-up call of each method at its sizes.
+`--runtime torch onnxruntime`: the fast path once per runtime (`model.runtime`, models/onnx_runtime.py; CPU
+cells only), interleaved with the others: methods `fast` (torch) and `fast_onnxruntime`, and their ratio
+`onnxruntime_over_torch`. The ONNX graphs come from the enhancer's cache (exported on the first use).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import numpy as np
 import torch
 
 from benchmarks.output import add_output_args, pyplot, run_benchmark, write_json
+from common.errors import UserError
 from models import build_model, load_model, load_model_config
 from models.arasfsr import MIN_INPUT, ARASFSR, reference_upscale
 from pipeline.enhance import bicubic
@@ -41,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LM_WEIGHTS = ROOT / "models/weights/arasfsr_lm.safetensors"
 LM_CONFIG = ROOT / "configs/model/arasfsr_lm_cpu.yaml"
 METHODS = ("fast", "reference", "bicubic")
+RUNTIMES = ("torch", "onnxruntime")
 QUICK = {"lr": [28], "out": [112], "batch": [1, 8], "repeats": 3, "device": ["cpu"]}
 
 
@@ -137,24 +142,35 @@ class PeakMemory:
 
 
 def method_calls(model: ARASFSR, lr: torch.Tensor, size: int, methods: list[str],
-                 amp: str | None) -> dict[str, Callable[[], object]]:
-    """One zero-argument call per method on the same batch. Bicubic runs as the pipeline runs it: per crop,
-    uint8 HWC in and out."""
+                 amp: str | None, runtimes: dict[str, object | None]) -> dict[str, Callable[[], object]]:
+    """One zero-argument call per method on the same batch, the fast path once per runtime in `runtimes`
+    (name -> `model.runtime`; "torch" is None). Bicubic runs as the pipeline runs it: per crop, uint8 HWC in
+    and out."""
     crops = [np.ascontiguousarray(c) for c in (lr * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()]
+
+    def fast(runtime) -> Callable[[], object]:
+        def call():
+            model.runtime = runtime
+            try:
+                return model.upscale(lr, (size, size), amp=amp)
+            finally:
+                model.runtime = None
+        return call
+
     available = {
-        "fast": lambda: model.upscale(lr, (size, size), amp=amp),
-        "reference": lambda: reference_upscale(model, lr, (size, size)),
-        "bicubic": lambda: [bicubic(c, size) for c in crops],
+        "fast": {("fast" if name == "torch" else f"fast_{name}"): fast(rt) for name, rt in runtimes.items()},
+        "reference": {"reference": lambda: reference_upscale(model, lr, (size, size))},
+        "bicubic": {"bicubic": lambda: [bicubic(c, size) for c in crops]},
     }
-    return {m: available[m] for m in methods}
+    return {name: call for m in methods for name, call in available[m].items()}
 
 
 def measure_cell(model: ARASFSR, device: torch.device, lr_px: int, out_px: int, batch: int, methods: list[str],
-                 repeats: int, amp: str | None) -> dict[str, dict]:
+                 repeats: int, amp: str | None, runtimes: dict[str, object | None]) -> dict[str, dict]:
     """Every method on one batch of `batch` random lr_px crops to out_px, interleaved."""
     generator = torch.Generator().manual_seed(batch * 1000 + lr_px)
     lr = torch.rand(batch, 3, lr_px, lr_px, generator=generator).to(device)
-    calls = method_calls(model, lr, out_px, methods, amp)
+    calls = method_calls(model, lr, out_px, methods, amp, runtimes)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with PeakMemory(device) as memory:
         times = time_interleaved(calls, repeats, sync, memory.during)
@@ -167,11 +183,13 @@ def measure_cell(model: ARASFSR, device: torch.device, lr_px: int, out_px: int, 
 
 
 def ratios(row: dict) -> dict[str, float]:
-    """faces/s of the fast path over the reference path and over bicubic (same cell, same run)."""
+    """faces/s of the fast path over the reference path and over bicubic, and of the fast path on ONNX Runtime
+    over torch (same cell, same run)."""
     out = {}
-    for other in ("reference", "bicubic"):
-        if "fast" in row and other in row:
-            out[f"fast_over_{other}"] = round(row["fast"]["faces_per_s"] / row[other]["faces_per_s"], 6)
+    for name, (a, b) in {"fast_over_reference": ("fast", "reference"), "fast_over_bicubic": ("fast", "bicubic"),
+                         "onnxruntime_over_torch": ("fast_onnxruntime", "fast")}.items():
+        if a in row and b in row:
+            out[name] = round(row[a]["faces_per_s"] / row[b]["faces_per_s"], 6)
     return out
 
 
@@ -186,17 +204,20 @@ def run(args: argparse.Namespace) -> dict:
     for spec in args.weights:
         for device in devices:
             label, model = load_weights(spec, device)
+            runtimes = {name: runtime(name, model) for name in args.runtime if device.type == "cpu" or name == "torch"}
             for lr_px in args.lr:
                 for out_px in args.out:
                     for batch in args.batch:
                         log.info("%s on %s: %d px -> %d px, batch %d", label, device, lr_px, out_px, batch)
-                        row = measure_cell(model, device, lr_px, out_px, batch, args.methods, args.repeats, args.amp)
+                        row = measure_cell(model, device, lr_px, out_px, batch, args.methods, args.repeats, args.amp,
+                                           runtimes)
                         cells.append({"weights": label, "spec": spec, "device": str(device), "lr": lr_px,
                                       "out": out_px, "batch": batch, "methods": row, "ratios": ratios(row)})
     report = {"benchmark": "sr_speed", "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "repeats": args.repeats, "amp": args.amp, "load_note": args.note, "cells": cells}
+              "repeats": args.repeats, "amp": args.amp, "runtimes": args.runtime, "load_note": args.note,
+              "cells": cells}
     print(markdown_table(report))
     write_json(report, args.json)
     if args.plot:
@@ -204,18 +225,31 @@ def run(args: argparse.Namespace) -> dict:
     return report
 
 
+def runtime(name: str, model: ARASFSR):
+    """`model.runtime` for a runtime name: None for torch, else ONNX Runtime with the current thread count."""
+    if name == "torch":
+        return None
+    from models.onnx_runtime import INSTALL, OnnxRuntime, available
+
+    if not available():
+        raise UserError(f"--runtime onnxruntime: onnxruntime is not installed: {INSTALL}")
+    return OnnxRuntime(model)
+
+
 def markdown_table(report: dict) -> str:
-    methods = [m for m in METHODS if any(m in c["methods"] for c in report["cells"])]
+    methods = list(dict.fromkeys(m for c in report["cells"] for m in c["methods"]))
+    ratios = {"fast_over_reference": "fast / reference", "fast_over_bicubic": "fast / bicubic",
+              "onnxruntime_over_torch": "onnxruntime / torch"}
+    ratios = {k: v for k, v in ratios.items() if any(k in c["ratios"] for c in report["cells"])}
     head = ["weights", "device", "crop", "batch"]
-    head += [f"{m} faces/s (p50 / p99 ms)" for m in methods] + ["fast / reference", "fast / bicubic"]
+    head += [f"{m} faces/s (p50 / p99 ms)" for m in methods] + list(ratios.values())
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in report["cells"]:
         cols = [c["weights"], c["device"], f"{c['lr']} -> {c['out']}", str(c["batch"])]
         for m in methods:
             s = c["methods"].get(m)
             cols.append(f"{s['faces_per_s']:.3g} ({ms(s['p50_ms'])} / {ms(s['p99_ms'])})" if s else "")
-        cols += [f"{c['ratios'][k]:.3g}x" if k in c["ratios"] else ""
-                 for k in ("fast_over_reference", "fast_over_bicubic")]
+        cols += [f"{c['ratios'][k]:.3g}x" if k in c["ratios"] else "" for k in ratios]
         lines.append("| " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
@@ -261,6 +295,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per method and cell")
     ap.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast of the fast path on CUDA")
+    ap.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["torch"],
+                    help="runtimes of the fast path (onnxruntime: CPU cells only)")
     ap.add_argument("--quick", action="store_true", help="28 -> 112 px, batch 1 and 8, 3 repeats, CPU only")
     add_output_args(ap, plot="PNG: faces/s against batch")
     args = ap.parse_args(argv)

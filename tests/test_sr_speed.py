@@ -71,3 +71,19 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         sr_speed.parse_args(["--lr", "4"])
     assert exc.value.code == 2
+
+
+def test_runtime_column(tiny_config: Path, tmp_path: Path, capsys) -> None:
+    from models.onnx_runtime import available
+
+    if not available():
+        pytest.skip("onnxruntime, onnx or onnxscript is not installed")
+    out = tmp_path / "speed.json"
+    argv = ["--weights", f"config:{tiny_config}", "--lr", "12", "--out", "16", "--batch", "2", "--repeats", "1",
+            "--methods", "fast", "--runtime", "torch", "onnxruntime", "--device", "cpu", "--json", str(out)]
+    assert sr_speed.main(argv) == 0
+    [cell] = json.loads(out.read_text())["cells"]
+    assert set(cell["methods"]) == {"fast", "fast_onnxruntime"}
+    torch_rate, ort_rate = (cell["methods"][m]["faces_per_s"] for m in ("fast", "fast_onnxruntime"))
+    assert cell["ratios"] == {"onnxruntime_over_torch": pytest.approx(ort_rate / torch_rate, rel=1e-3)}
+    assert "onnxruntime / torch" in capsys.readouterr().out

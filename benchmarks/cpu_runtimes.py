@@ -12,8 +12,9 @@ Runtimes:
   so that the runtimes' gains can be told from the graph's.
 - compile: `torch.compile` of the fixed-shape graph below (its compile time is reported apart).
 - onnxruntime / openvino: that graph exported with `torch.onnx.export`, run by ONNX Runtime (CPU provider) and
-  by OpenVINO (CPU, f32 precision hint) with the same thread count. Neither is a project dependency: install
-  them in a scratch environment to measure (a runtime that is not installed is skipped, with a message).
+  by OpenVINO (CPU, f32 precision hint) with the same thread count. ONNX Runtime won and is a project dependency
+  (the enhancer's runtime: models/onnx_runtime.py, with graphs for every shape); OpenVINO is not: install it in a
+  scratch environment to measure (a runtime that is not installed is skipped, with a message).
 
 The fixed-shape graph (`FixedShapeUpscale`) is `upscale`'s decoding for one crop size: the same encoder,
 decoder and ensemble, with the grid-only tensors (coordinates, modulation, ensemble geometry) as constants and

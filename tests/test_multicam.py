@@ -67,7 +67,7 @@ def test_set_overrides_apply_to_every_camera_after_its_own_settings(tmp_path):
     ("cameras:\n  - {id: a, source: a.mp4, detect: {min_fac_size: 3}}\n", "unknown config key detect.min_fac_size"),
     ("cameras:\n  - {id: a, source: a.mp4, detect: {every: 0}}\n", "cameras[0] (a): detect.every must be an integer >= 1"),
     ("cameras:\n  - {id: a, source: a.mp4, detect: {threads: 2}}\n", "detect.threads is shared by all cameras"),
-    ("cameras:\n  - {id: a, source: a.mp4, runtime: {max_frames: 2}}\n", "runtime is shared by all cameras"),
+    ("cameras:\n  - {id: a, source: a.mp4, runtime: {max_frames: 2}}\n", "runtime.max_frames is shared by all cameras"),
     ("config: nowhere.yaml\ncameras:\n  - {id: a, source: a.mp4}\n", "nowhere.yaml not found"),
 ])
 def test_cameras_file_mistakes_are_config_errors_naming_the_camera_and_key(tmp_path, text, message):

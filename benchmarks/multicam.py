@@ -31,8 +31,10 @@ JSON (`--json`):
      "servers_note": ..., "window_note": ...,
      "runs": [{"cameras": N, "source": "file" | "rtsp",
                "one_process": ARM, "separate": ARM,
-               "ratios": {"faces_per_s": one / separate, "peak_rss_mb": one / separate}}]}
-    ARM = {"processes", "startup_s", "window_s", "faces_written", "faces_per_s", "frames_processed",
+               "ratios": {"faces_per_s", "faces_per_cpu_s", "peak_rss_mb": one / separate each}}]}
+    ARM = {"processes", "startup_s", "window_s", "faces_written", "faces_per_s", "cpu_s" (the arm's user +
+           system CPU seconds in the window: on a shared machine N processes can take a larger share of the
+           cores than one), "faces_per_cpu_s", "frames_processed",
            "camera_fps": [per camera], "frames_dropped", "peak_rss_mb" (the one process, or the sum of the N),
            "peak_rss_mb_each": [per process], "stage_seconds": {stage: seconds, summed over the cameras' own
            summary.json}, "loadavg": 1-minute load when the arm ended}
@@ -92,25 +94,49 @@ class Process:
     cameras: list[str]  # the summary folders under `out` ("" for a single-camera run)
     returncode: int | None = None
     peak_rss_kb: int = 0
+    cpu_total_s: float = 0.0  # user + system CPU seconds of the whole run, once reaped
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/metrics"
 
     def poll(self, block: bool = False) -> bool:
-        """True once the process has ended; reaps it with wait4, whose rusage gives its peak RSS (the
-        kernel's high-water mark of the whole run: nothing is missed between polls)."""
+        """True once the process has ended (then reaped with wait4: its exit code and CPU seconds); while
+        it runs, its peak RSS so far. The peak is the kernel's high-water mark (VmHWM), so polls miss
+        nothing but the last moments of the run. Not wait4's ru_maxrss: that one starts from the parent's
+        own peak (the exec replaces a copy of the parent's memory), this process's with torch loaded."""
         if self.returncode is None:
+            self.peak_rss_kb = max(self.peak_rss_kb, _status_kb(self.popen.pid, "VmHWM"))
             pid, status, usage = os.wait4(self.popen.pid, 0 if block else os.WNOHANG)
             if pid == 0:
                 return False
             self.returncode = self.popen.returncode = os.waitstatus_to_exitcode(status)
-            self.peak_rss_kb = usage.ru_maxrss  # kilobytes on Linux
+            self.cpu_total_s = usage.ru_utime + usage.ru_stime
         return True
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds used so far, all threads (the run's total once it has ended)."""
+        if self.returncode is not None:
+            return self.cpu_total_s
+        with open(f"/proc/{self.popen.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
     def log_tail(self) -> str:
         lines = self.log_path.read_text(errors="replace").strip().splitlines()
         return "\n".join(lines[-5:])
+
+
+def _status_kb(pid: int, key: str) -> int:
+    """A kB field of /proc/<pid>/status; 0 once the process is gone (or a zombie: no memory left)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 @dataclass
@@ -148,6 +174,15 @@ class Arm:
                 return counts
             time.sleep(POLL_S)
         raise UserError(f"the cameras were not all running after {WARM_TIMEOUT_S} s")
+
+    def run_for(self, seconds: float) -> None:
+        """Let the processes run `seconds` (polling their memory); an error if one ends meanwhile."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for p in self.procs:
+                if p.poll():
+                    raise UserError(f"a live run ended by itself (exit {p.returncode}):\n{p.log_tail()}")
+            time.sleep(POLL_S)
 
     def wait_all(self, timeout: float | None = None) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -201,15 +236,18 @@ def measure(arm_name: str, sources: list[str], live: bool, args: argparse.Namesp
     try:
         first = arm.wait_warm(len(sources))
         opened = time.monotonic()
+        cpu_opened = sum(p.cpu_s() for p in arm.procs)
         if live:
-            time.sleep(args.seconds)
+            arm.run_for(args.seconds)
             closed = time.monotonic()
+            cpu = sum(p.cpu_s() for p in arm.procs) - cpu_opened
             for p in arm.procs:
                 p.popen.send_signal(signal.SIGINT)
             arm.wait_all(STOP_TIMEOUT_S)
         else:
             arm.wait_all()
             closed = time.monotonic()
+            cpu = sum(p.cpu_s() for p in arm.procs) - cpu_opened
     finally:
         arm.kill()  # only after an error: the others are reaped by now
     summaries = arm.summaries()
@@ -225,6 +263,7 @@ def measure(arm_name: str, sources: list[str], live: bool, args: argparse.Namesp
     return {
         "processes": len(arm.procs), "startup_s": round(opened - launched, 2), "window_s": round(window, 2),
         "faces_written": int(faces), "faces_per_s": round(faces / window, 4),
+        "cpu_s": round(cpu, 2), "faces_per_cpu_s": round(faces / cpu, 4) if cpu > 0 else None,
         "frames_processed": int(sum(d["frames_processed"] for d in delta.values())),
         "camera_fps": [round(d["frames_processed"] / window, 3) for d in delta.values()],
         "frames_dropped": int(sum(d["frames_dropped"] for d in delta.values())),
@@ -233,8 +272,8 @@ def measure(arm_name: str, sources: list[str], live: bool, args: argparse.Namesp
     }
 
 
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 4) if b else None
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 4) if a is not None and b else None
 
 
 def start_servers(clip: Path, n: int) -> list[RtspServer]:
@@ -281,6 +320,7 @@ def run(args: argparse.Namespace) -> dict:
                         log.info("  %.3f faces/s, peak RSS %.0f MB", row[arm]["faces_per_s"], row[arm]["peak_rss_mb"])
                     one, sep = row["one_process"], row["separate"]
                     row["ratios"] = {"faces_per_s": ratio(one["faces_per_s"], sep["faces_per_s"]),
+                                     "faces_per_cpu_s": ratio(one["faces_per_cpu_s"], sep["faces_per_cpu_s"]),
                                      "peak_rss_mb": ratio(one["peak_rss_mb"], sep["peak_rss_mb"])}
                     report["runs"].append(row)
         finally:
@@ -301,7 +341,8 @@ def machine() -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ["cameras", "source", "faces/s one process", "faces/s separate", "ratio", "camera fps one",
+    head = ["cameras", "source", "faces/s one process", "faces/s separate", "ratio",
+            "faces per CPU s one / separate", "ratio", "camera fps one",
             "camera fps separate", "dropped one / separate", "peak RSS MB one", "peak RSS MB separate (sum)",
             "RSS ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -309,7 +350,9 @@ def markdown_table(rows: list[dict]) -> str:
         one, sep = r["one_process"], r["separate"]
         fps = [", ".join(f"{x:.2f}" for x in a["camera_fps"]) for a in (one, sep)]
         cols = [str(r["cameras"]), r["source"], f"{one['faces_per_s']:.3f}", f"{sep['faces_per_s']:.3f}",
-                f"{r['ratios']['faces_per_s'] or 0:.2f}", *fps,
+                f"{r['ratios']['faces_per_s'] or 0:.2f}",
+                f"{one['faces_per_cpu_s'] or 0:.3f} / {sep['faces_per_cpu_s'] or 0:.3f}",
+                f"{r['ratios']['faces_per_cpu_s'] or 0:.2f}", *fps,
                 f"{one['frames_dropped']} / {sep['frames_dropped']}", f"{one['peak_rss_mb']:.0f}",
                 f"{sep['peak_rss_mb']:.0f}", f"{r['ratios']['peak_rss_mb'] or 0:.2f}"]
         lines.append("| " + " | ".join(cols) + " |")

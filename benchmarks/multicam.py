@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.output import add_output_args, pyplot, run_benchmark, write_json
+from benchmarks.output import add_output_args, pyplot, run_benchmark, save_figure, write_json
 from common.errors import UserError
 from pipeline.run_folder import load_run
 from tests.rtsp_server import RtspServer, free_port, gst_unavailable_reason
@@ -377,9 +377,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

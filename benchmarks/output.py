@@ -1,5 +1,5 @@
-"""What the speed benchmarks (sr_speed, pipeline_speed, cpu_runtimes) share: their output options, how they
-write JSON, get matplotlib and report errors."""
+"""What the speed benchmarks (sr_speed, pipeline_speed, cpu_runtimes, multicam) share: their output options, how
+they write JSON and figures, get matplotlib and report errors."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +36,13 @@ def pyplot():
     except ImportError:
         raise UserError("--plot needs matplotlib (pip install matplotlib)") from None
     return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a pyplot figure as a PNG (its folder made) and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
 
 
 def run_benchmark(work: Callable[[], object], logger: logging.Logger) -> int:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.output import add_output_args, pyplot, run_benchmark, write_json
+from benchmarks.output import add_output_args, pyplot, run_benchmark, save_figure, write_json
 from common.errors import UserError
 from pipeline.config import load_config
 from pipeline.run_folder import load_run
@@ -141,9 +141,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set(ylabel="seconds", title=clip)
         ax.legend(fontsize=7, ncol=len(stages))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.output import add_output_args, pyplot, run_benchmark, write_json
+from benchmarks.output import add_output_args, pyplot, run_benchmark, save_figure, write_json
 from common.errors import UserError
 from models import build_model, load_model, load_model_config
 from models.arasfsr import MIN_INPUT, ARASFSR, reference_upscale
@@ -276,9 +276,7 @@ def plot(report: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

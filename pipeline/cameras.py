@@ -8,8 +8,8 @@
       - id: door
         source: {uri: recordings/door.mp4, queue_size: 16}   # the long form: + this camera's source settings
 
-A camera's settings are the preset, then its own sections (key by key), then the command line's
-`--set` overrides, which apply to every camera. The settings of what the cameras share (one detector
+A camera's settings are the preset, then the command line's `--set` overrides (for every camera),
+then its own sections, key by key: the most specific setting wins. The settings of what the cameras share (one detector
 and one enhancer thread, one model per weights file, the run folder: `SHARED`) can only come from the
 preset or `--set`: a camera that sets one is refused rather than silently ignored. Everything is
 checked by the pipeline's strict loader before anything runs; a mistake is one ConfigError naming the

@@ -127,10 +127,14 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                 sections: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read a preset (None: the built-in defaults), apply `sections` over it key by key (a camera's own
-    settings, see pipeline.cameras), then the `section.key=value` overrides."""
+    """Read a preset (None: the built-in defaults), apply the `section.key=value` overrides, then
+    `sections` key by key (a camera's own settings, see pipeline.cameras: the most specific wins)."""
+    command_line: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        section, key, value = parse_override(text)
+        command_line.setdefault(section, {})[key] = value
     values: dict[str, Any] = {}
-    for layer in (read_yaml(path, "config file") if path is not None else {}), (sections or {}):
+    for layer in (read_yaml(path, "config file") if path is not None else {}), command_line, (sections or {}):
         for section, entries in layer.items():
             _check(section)
             for key in entries if isinstance(entries, dict) else ():
@@ -139,9 +143,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 values[section] = {**values[section], **entries}
             else:
                 values[section] = dict(entries) if isinstance(entries, dict) else entries
-    for text in overrides:
-        section, key, value = parse_override(text)
-        values.setdefault(section, {})[key] = value
     detect, track = values.get("detect"), values.setdefault("track", {})
     if isinstance(track, dict):  # else build names the section that is not a mapping
         track["stride"] = detect.get("every", DetectSettings.every) if isinstance(detect, dict) else DetectSettings.every

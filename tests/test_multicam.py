@@ -48,12 +48,12 @@ def test_the_example_cameras_file_loads_with_per_camera_settings():
     assert lobby.config.enhance == preset.enhance  # the rest is the preset's
 
 
-def test_set_overrides_apply_to_every_camera_after_its_own_settings(tmp_path):
+def test_set_overrides_apply_to_every_camera_under_its_own_settings(tmp_path):
     path = write(tmp_path, "cameras:\n  - {id: a, source: a.mp4, detect: {min_face_size: 30}}\n"
                            "  - {id: b, source: b.mp4}\n")
-    a, b = load_cameras(path, ["detect.every=3"])
-    assert (a.config.detect.min_face_size, a.config.detect.every) == (30, 3)
-    assert (b.config.detect.min_face_size, b.config.detect.every) == (14, 3)
+    a, b = load_cameras(path, ["detect.every=3", "detect.min_face_size=20"])
+    assert (a.config.detect.min_face_size, a.config.detect.every) == (30, 3)  # the camera's own setting wins
+    assert (b.config.detect.min_face_size, b.config.detect.every) == (20, 3)
 
 
 @pytest.mark.parametrize("text, message", [

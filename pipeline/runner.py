@@ -164,9 +164,14 @@ class CameraRun:
         self.tracker = SortTracker(self.config.track)
 
     @property
+    def source_name(self) -> str:
+        """The source as it may be shown or written: credentials masked (the opened source's own name)."""
+        return self.src.name if self.src is not None else mask_secrets(self.source_spec)
+
+    @property
     def name(self) -> str:
         """The camera as messages name it: its id, or the (masked) source of a single-source run."""
-        return self.id or (self.src.name if self.src is not None else mask_secrets(self.source_spec))
+        return self.id or self.source_name
 
     def open(self, stack: ExitStack, folder: RunFolder, detector: MTCNNDetector, enhancer: Enhancer,
              strict: bool) -> None:
@@ -332,7 +337,7 @@ class CameraRun:
         if state is CameraState.RUNNING and src.is_live and not src.connected:
             state = CameraState.RECONNECTING if src.stats.decoded else CameraState.STARTING
         return CameraStats(
-            camera=self.id or "default", source=src.name if src else mask_secrets(self.source_spec),
+            camera=self.id or "default", source=self.source_name,
             live=bool(src and src.is_live),
             frames_decoded=src.stats.decoded if src else 0, frames_processed=self.counts["frames_processed"],
             frames_dropped=src.stats.dropped if src else 0, reconnects=src.stats.reconnects if src else 0,

@@ -245,6 +245,8 @@ class VideoSource:
                 raise self._error
             return None
         self.stats.delivered += 1
+        if isinstance(item.image, av.VideoFrame):  # a live frame, converted only now that it is read
+            item.image = self._upright(item.image)
         return item  # type: ignore[return-value]
 
     @property
@@ -372,7 +374,7 @@ class VideoSource:
         finally:
             self._queue.finish()
 
-    def _emit(self, image: np.ndarray, pts_time: float | None, source_file: str | None = None) -> bool:
+    def _emit(self, image: np.ndarray | av.VideoFrame, pts_time: float | None, source_file: str | None = None) -> bool:
         frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name,
                       source_file=source_file)
         self.stats.decoded += 1
@@ -472,7 +474,9 @@ class VideoSource:
                     log.debug("%s: skipped a corrupt packet: %s", self.name, _ffmpeg_message(e))
                     continue
                 for frame in frames:
-                    if not self._emit(self._upright(frame), frame.time):
+                    # Live: BGR conversion (a quarter of a reader's time) waits for read(), so frames
+                    # dropped because the consumer lags are never converted. Files: here, in this thread.
+                    if not self._emit(frame if self.is_live else self._upright(frame), frame.time):
                         return None
         except av.error.ExitError:  # PyAV's read timeout fired
             return f"no data for {self.config.read_timeout:g} s"

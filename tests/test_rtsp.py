@@ -6,6 +6,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 
 from pipeline.errors import SourceError
@@ -20,7 +21,10 @@ def next_frame(src: VideoSource, timeout: float = 15.0) -> Frame:
     return frame
 
 
-def test_rtsp_reconnects_after_server_killed(rtsp_server) -> None:
+def test_rtsp_reconnects_after_server_killed(rtsp_server, monkeypatch) -> None:
+    converted = []  # frames turned into BGR arrays: only those read, not those dropped
+    upright = VideoSource._upright
+    monkeypatch.setattr(VideoSource, "_upright", lambda self, frame: converted.append(1) or upright(self, frame))
     t_start = time.monotonic()
     server = rtsp_server()
     # first_frame_timeout shorter than the outage: a source that has delivered reconnects whatever it says.
@@ -35,6 +39,8 @@ def test_rtsp_reconnects_after_server_killed(rtsp_server) -> None:
         time.sleep(1.0)  # a slow consumer: a live source drops the oldest frames, never blocks
         assert src.stats.dropped > 0
         frames += [next_frame(src) for _ in range(5)]
+        assert all(isinstance(f.image, np.ndarray) for f in frames)
+        assert len(converted) == src.stats.delivered == 25 < src.stats.decoded
 
         server.kill()  # camera loses power: no TEARDOWN, the TCP connection just dies
         time.sleep(3.0)

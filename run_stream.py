@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    memory.tune_allocator()  # before any thread allocates: keeps RSS flat on long runs
+    memory.start_trimming()  # keeps RSS flat on long runs (a daemon thread)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     return cli.run(lambda: run(args))

@@ -50,8 +50,44 @@ def test_loop_plays_the_clips_over_and_over(tmp_path):
         assert sum(1 for _ in src) == 10 * repeats
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
-def test_allocator_is_tuned_unless_the_user_set_it(monkeypatch):
-    assert memory.tune_allocator() is True
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert memory.tune_allocator() is False
+GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+# Fragments a heap the way a stream does (blocks freed while a later one stays in use, so the heap's top
+# cannot shrink), then reports RSS before and after one trim by the thread `start_trimming` starts.
+FRAGMENT = """
+import ctypes, time
+from common import memory
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_kb():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS:")).split()[1])
+blocks = [libc.malloc(100_000) for _ in range(400)]  # under glibc's mmap threshold: from the heap
+for b in blocks:
+    ctypes.memset(b, 1, 100_000)
+for b in blocks[:-1]:
+    libc.free(b)
+before = rss_kb()
+trimmer = memory.start_trimming(interval_s=0.05)
+deadline = time.monotonic() + 10
+while trimmer.trims == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+trimmer.stop()
+print(before, rss_kb(), trimmer.trims)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+def test_trimming_gives_fragmented_heap_memory_back():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", FRAGMENT], cwd=ROOT, capture_output=True, text=True, check=True)
+    before, after, trims = map(int, out.stdout.split())
+    assert trims >= 1
+    assert before - after > 20_000  # kB: most of the ~39 MB freed is returned
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+def test_no_trimming_when_the_user_tuned_malloc(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    assert memory.start_trimming() is None

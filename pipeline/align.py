@@ -177,14 +177,14 @@ def align_face(frame: np.ndarray | Frame, detection: Detection, track_id: int, f
     """Cut the canonical crop of one detected face at its native resolution.
 
     `frame` is an H x W x 3 image or a Frame (then its pts_time is used when none is given, and its
-    source_file is kept).
+    source_file and decoded_at are kept).
     The crop side is round(native size) clamped to [min_size, max_size]; the returned
     `transform` maps frame pixels to crop pixels. Raises UnalignableFaceError (ValueError).
     """
-    source_file = None
+    source_file = decoded_at = None
     if isinstance(frame, Frame):
         pts_time = frame.pts_time if pts_time is None else pts_time
-        source_file = frame.source_file
+        source_file, decoded_at = frame.source_file, frame.decoded_at
         frame = frame.image
     if min_size < 1 or (max_size is not None and max_size < min_size):
         raise ValueError(f"bad crop size limits: min_size={min_size}, max_size={max_size}")
@@ -204,7 +204,7 @@ def align_face(frame: np.ndarray | Frame, detection: Detection, track_id: int, f
                               borderMode=cv2.BORDER_REPLICATE)
     return AlignedFace(track_id=track_id, frame_index=frame_index, crop=crop, transform=m,
                        crop_size=n, quality=face_quality(crop, detection), detection=detection,
-                       pts_time=pts_time, source_file=source_file)
+                       pts_time=pts_time, source_file=source_file, decoded_at=decoded_at)
 
 
 def recognizer_window(output_size: int, recognizer: str = "arcface112") -> np.ndarray:

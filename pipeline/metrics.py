@@ -29,10 +29,12 @@ Example:
 from __future__ import annotations
 
 import bisect
+import collections
 import errno
 import logging
 import math
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -91,6 +93,27 @@ class StageTimer:
             self.items[stage] += items
             self._calls[stage][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
+    def merge(self, other: StageTimer) -> None:
+        """Add `other`'s calls to this timer's (a camera worker's timings reach the driver this way)."""
+        with other._lock:
+            seconds, items, calls = dict(other.seconds), dict(other.items), {s: list(c) for s, c in other._calls.items()}
+        with self._lock:
+            for stage, n in calls.items():
+                self.seconds[stage] += seconds[stage]
+                self.items[stage] += items[stage]
+                self._calls[stage] = [a + b for a, b in zip(self._calls[stage], n)]
+
+    def __getstate__(self) -> dict:  # picklable: the lock and the defaultdicts' factories stay behind
+        with self._lock:
+            return {"seconds": dict(self.seconds), "items": dict(self.items),
+                    "calls": {s: list(c) for s, c in self._calls.items()}}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self.seconds.update(state["seconds"])
+        self.items.update(state["items"])
+        self._calls.update(state["calls"])
+
     def stages(self) -> list[str]:
         """The stages seen so far, in the order of their first call."""
         with self._lock:
@@ -114,6 +137,38 @@ class StageTimer:
                         "per_second": round(self.items[s] / self.seconds[s], 2)
                         if self.seconds[s] > 0 and self.items[s] else None}  # a wait has no rate
                     for s in self.seconds}
+
+
+class Latencies:
+    """End-to-end seconds per face, from its frame decoded (`Frame.decoded_at`) to its images and
+    tracks.jsonl line written: the latest MAX_SAMPLES of them, for percentiles. Safe across threads."""
+
+    MAX_SAMPLES = 100_000  # a long live run keeps a bounded window
+
+    def __init__(self) -> None:
+        self._samples: collections.deque[float] = collections.deque(maxlen=self.MAX_SAMPLES)
+        self._lock = threading.Lock()
+
+    def add(self, decoded_at: float | None) -> None:
+        if decoded_at is not None:
+            with self._lock:
+                self._samples.append(time.time() - decoded_at)
+
+    def samples(self) -> list[float]:
+        with self._lock:
+            return list(self._samples)
+
+    @staticmethod
+    def summary(samples: list[float]) -> dict[str, float | int] | None:
+        """{"faces", "p50", "p99", "max"} in seconds (nearest-rank percentiles); None without samples."""
+        if not samples:
+            return None
+        ordered = sorted(samples)
+
+        def rank(p: float) -> float:
+            return round(ordered[max(0, math.ceil(p * len(ordered)) - 1)], 4)
+
+        return {"faces": len(ordered), "p50": rank(0.5), "p99": rank(0.99), "max": round(ordered[-1], 4)}
 
 
 class CameraState(str, Enum):

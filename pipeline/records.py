@@ -19,13 +19,16 @@ import numpy as np
 @dataclass
 class Frame:
     """One decoded frame. `image` is H x W x 3 uint8 BGR; `pts_time` may be None (first RTSP frame);
-    `source_file`: the image's file name for a folder source (None for videos and cameras)."""
+    `source_file`: the image's file name for a folder source (None for videos and cameras);
+    `decoded_at`: wall-clock time (time.time()) it was decoded: a face's end-to-end latency starts
+    there, also when the face is written by another process (pipeline.cluster)."""
 
     index: int
     pts_time: float | None
     image: np.ndarray
     source_id: str = ""
     source_file: str | None = None
+    decoded_at: float | None = None
 
 
 @dataclass
@@ -70,8 +73,10 @@ class TrackEnd:
     `frame_index`: the frame on which the end was decided; `first_frame` / `last_frame`: the first
     and last frames with a detection matched to the track; `faces_seen`: how many detections were
     matched to it; `reason`: "lost" (unmatched for `max_age` detection frames), "unconfirmed" (a
-    tentative track that missed a detection), "stream_end" (still alive when the input ended) or
-    "photo" (a face of a folder of unrelated photos: every face is its own track, ended with its photo).
+    tentative track that missed a detection), "stream_end" (still alive when the input ended),
+    "photo" (a face of a folder of unrelated photos: every face is its own track, ended with its photo)
+    or "worker_restart" (cut when the camera's worker died, see pipeline.cluster: its faces held back
+    for selection were lost with the worker; the camera goes on with new tracks).
 
     Example:
         >>> TrackEnd(track_id=3, frame_index=90, first_frame=10, last_frame=60, faces_seen=51,
@@ -103,6 +108,7 @@ class AlignedFace:
     detection: Detection
     pts_time: float | None = None
     source_file: str | None = None  # the Frame's
+    decoded_at: float | None = None  # the Frame's
     camera: str = ""  # the camera's id in a multi-camera run (pipeline.cameras); "" for a single source
 
 

@@ -62,7 +62,7 @@ from pipeline.config import PipelineConfig
 from pipeline.detect import MTCNNDetector
 from pipeline.enhance import Enhancer
 from pipeline.errors import ConfigError, SourceError
-from pipeline.metrics import CameraState, CameraStats, StageTimer
+from pipeline.metrics import CameraState, CameraStats, Latencies, StageTimer
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.run_folder import DEMO_CLIP, RunFolder
 from pipeline.select import Selector
@@ -78,7 +78,7 @@ CALL_S = 0.5
 IDLE_WAIT_S = 0.5
 #: A multi-camera run's DIR/summary.json: these totals over the cameras, and these fields of each camera.
 OVERVIEW_TOTALS = ("frames_decoded", "frames_processed", "frames_dropped", "reconnects", "faces_detected",
-                   "faces_written", "tracks")
+                   "faces_written", "tracks", "worker_restarts", "enhance_retries")
 OVERVIEW_CAMERA = ("state", "source", "live", "error", *OVERVIEW_TOTALS, "fps")
 
 #: Why detected faces were not written (summary.json "faces_not_written"): each detection is counted once,
@@ -150,6 +150,7 @@ class CameraRun:
         self.id, self.config, self.source_spec, self.path = camera.id, camera.config, camera.source, path
         self.started = started
         self.timer = StageTimer()
+        self.latency = Latencies()
         self.counts: dict[str, int] = defaultdict(int)
         self.not_written: Counter[str] = Counter()  # the runner's share of NOT_WRITTEN_REASONS
         self.track_ids: set[int] = set()
@@ -177,28 +178,34 @@ class CameraRun:
              strict: bool) -> None:
         """Open the source and the sink. A source that cannot be opened raises when `strict` (a
         single-source run); otherwise this camera fails alone (its folder gets a summary saying why)."""
-        cfg = self.config
         self.detector, self.enhancer = detector, enhancer
         self.matcher = self._make_matcher(detector)
         if self.matcher is not None:
             stack.callback(self.matcher.close)
+        self.open_input(stack, folder.path, strict)
+        self.open_sink(stack, folder)
+
+    def open_input(self, stack: ExitStack, demo_dir: Path, strict: bool) -> None:
+        """Open the source (`demo`: the demo clip, generated into `demo_dir`); see `open`."""
         try:
-            self.src = stack.enter_context(open_source(self._input(folder), cfg.source))
+            self.src = stack.enter_context(open_source(self._input(demo_dir), self.config.source))
         except SourceError as exc:
             if strict:
                 raise
             self.error, self.state = exc, CameraState.FAILED
             log.error("camera %s: %s", self.id, exc)
-        self.sink = stack.enter_context(DiskSink(folder, cfg.enhance.output_size,
-                                                 save_comparison=cfg.output.save_comparison))
-        if self.src is None:
             return
         self.photos = self.src.folder_mode == "photos"
         # Unrelated photos: every face that could start a track is one, confirmed at once (there is
         # no second sighting to wait for), and ends with its photo.
         if self.photos:
-            self.tracker = SortTracker(dataclasses.replace(cfg.track, min_hits=1))
+            self.tracker = SortTracker(dataclasses.replace(self.config.track, min_hits=1))
         self.state = CameraState.RUNNING
+
+    def open_sink(self, stack: ExitStack, folder: RunFolder) -> None:
+        cfg = self.config
+        self.sink = stack.enter_context(DiskSink(folder, cfg.enhance.output_size,
+                                                 save_comparison=cfg.output.save_comparison))
 
     def _make_matcher(self, detector):
         rec = self.config.recognition
@@ -208,13 +215,13 @@ class CameraRun:
 
         return build_matcher(rec, detector, self.path)
 
-    def _input(self, folder: RunFolder) -> str:
-        """The source to open: `demo` is the demo clip, generated into the camera's folder."""
+    def _input(self, demo_dir: Path) -> str:
+        """The source to open: `demo` is the demo clip, generated into `demo_dir` (the camera's folder)."""
         if self.source_spec != "demo":
             return self.source_spec
         from pipeline.demo import make_demo_clip
 
-        return str(make_demo_clip(folder.path / DEMO_CLIP))
+        return str(make_demo_clip(demo_dir / DEMO_CLIP))
 
     def read(self, most: int, wait: float) -> list[Frame] | None:
         """Up to `most` frames: the first waits up to `wait` s, the rest only if already decoded (a
@@ -301,6 +308,22 @@ class CameraRun:
         self.tracker.finish()  # tracks still alive end like any other
         return [*self.ended(), _CameraDone(self.id)]
 
+    def write(self, item: EnhancedFace | TrackEnd) -> None:
+        """The sink's part: an enhanced face (images, its tracks.jsonl line, recognition, its
+        latency) or a track's end."""
+        t0 = time.perf_counter()
+        if isinstance(item, TrackEnd):
+            self.sink.end_track(item)
+            if self.matcher is not None:
+                self.matcher.end_track(item.track_id)
+            return
+        self.sink.write(item)
+        if self.matcher is not None:
+            self.matcher.update(item)
+        self.counts["faces_written"] += 1
+        self.latency.add(item.face.decoded_at)
+        self.timer.add("sink", time.perf_counter() - t0, 1)
+
     def write_summary(self, interrupted: bool) -> dict[str, Any]:
         """summary.json of the camera (and its report): called by the sink once its last face is written."""
         cfg, src = self.config, self.src
@@ -316,10 +339,13 @@ class CameraRun:
             "frames_expected": src.frame_count if src else None, "truncated": src.truncated if src else False,
             "faces_aligned": self.counts["faces_aligned"], "faces_not_written": not_written,
             "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"],
+            # pipeline.cluster: times the camera's worker was restarted, enhancer calls retried (0 in one process)
+            "worker_restarts": self.counts["worker_restarts"], "enhance_retries": self.counts["enhance_retries"],
             "folder_mode": src.folder_mode if src else None,
             "tracks": len(self.sink.track_ids), "faces_bicubic_fallback": self.fallbacks,
             "enhance_method": cfg.enhance.method, "output_size": cfg.enhance.output_size,
             "wall_time_s": round(wall, 3), "fps": round(processed / wall, 2) if wall > 0 else None,
+            "face_latency_s": Latencies.summary(self.latency.samples()),
             "stages": stats["stages"], "config": cfg.to_dict(),
             "error": str(self.error) if self.error else None,
         }
@@ -350,6 +376,40 @@ class CameraRun:
         log.info("%s: %d frames (%.1f fps), %d dropped, %d reconnects, %d faces, %d tracks", self.name,
                  self.counts["frames_processed"], self.counts["frames_processed"] / max(elapsed, 1e-9),
                  stats.dropped, stats.reconnects, self.counts["faces_detected"], len(self.track_ids))
+
+
+def detect_and_process(batch: dict[CameraRun, list[Frame]], pacers: dict[int, Pacer], most: int,
+                       stop: threading.Event, timer: StageTimer | None = None) -> list:
+    """Detect the frames due for detection, all cameras of the same detector in the same calls (the
+    detector groups frames by size), then each camera's frames through its tracker, in order; returns
+    the faces to enhance and the track ends. `pacers`: the calls' sizes per detector (kept from call to
+    call, at most `most` frames); `timer`: the run's, which counts the calls whole (each camera's timer
+    its share). Once `stop` is set no detector call starts: each camera's frames from the first one
+    not detected are left. Shared by the runner and a camera worker (pipeline.cluster)."""
+    due = {cam: [f for f in frames if f.index % cam.detect_every == 0] for cam, frames in batch.items()}
+    by_detector: dict[int, list[CameraRun]] = defaultdict(list)
+    for cam in batch:
+        by_detector[id(cam.detector)].append(cam)
+    detections: dict[tuple[str, int], list] = {}
+    for key, cams in by_detector.items():
+        items = [(cam, f) for cam in cams for f in due[cam]]
+        if not items:
+            continue
+        pacer = pacers.setdefault(key, Pacer(most))
+        found, seconds = pacer.run(cams[0].detector.detect, [f.image for _, f in items], stop)
+        if timer is not None:
+            timer.add("detect", seconds, len(found))
+        for (cam, frame), dets in zip(items, found):
+            detections[(cam.id, frame.index)] = dets
+        for cam, n in Counter(cam for cam, _ in items[:len(found)]).items():
+            cam.timer.add("detect", seconds * n / len(found), n)
+    chosen: list = []
+    for cam, frames in batch.items():
+        missing = [f.index for f in due[cam] if (cam.id, f.index) not in detections]
+        if missing:  # stopped: the frames from the first one not detected are left
+            frames = [f for f in frames if f.index < missing[0]]
+        chosen += cam.process(frames, {i: d for (c, i), d in detections.items() if c == cam.id})
+    return chosen
 
 
 class Runner:
@@ -462,24 +522,17 @@ class Runner:
     def _sink_loop(self, inbox: queue.Queue) -> None:
         while (item := self._get(inbox)) is not _DONE:
             for x in item:
-                if isinstance(x, _CameraDone):
-                    self.cameras[x.camera].write_summary(self.stop.is_set())
-                    continue
-                t0 = time.perf_counter()
-                if isinstance(x, TrackEnd):
-                    cam = self.cameras[x.camera]
-                    cam.sink.end_track(x)
-                    if cam.matcher is not None:
-                        cam.matcher.end_track(x.track_id)
-                    continue
-                cam = self.cameras[x.face.camera]
-                cam.sink.write(x)
-                if cam.matcher is not None:
-                    cam.matcher.update(x)
-                cam.counts["faces_written"] += 1
-                seconds = time.perf_counter() - t0
-                cam.timer.add("sink", seconds, 1)
-                self.timer.add("sink", seconds, 1)
+                self._write(x)
+
+    def _write(self, item: EnhancedFace | TrackEnd | _CameraDone) -> None:
+        """An item at the end of the queues: written by its camera (a done marker: its summary)."""
+        if isinstance(item, _CameraDone):
+            self.cameras[item.camera].write_summary(self.stop.is_set())
+            return
+        t0 = time.perf_counter()
+        self.cameras[item.camera if isinstance(item, TrackEnd) else item.face.camera].write(item)
+        if isinstance(item, EnhancedFace):
+            self.timer.add("sink", time.perf_counter() - t0, 1)
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -592,7 +645,8 @@ class Runner:
                 elif frames:
                     batch[cam] = frames
             if batch:
-                self._put(to_enhance, self._process(batch))
+                self._put(to_enhance, detect_and_process(batch, self._detect_pacers, cfg.detect.batch,
+                                                         self.stop, self.timer))
             for cam in batch:
                 if cfg.runtime.max_frames and cam.counts["frames_processed"] >= cfg.runtime.max_frames:
                     ended.append(cam)
@@ -609,33 +663,6 @@ class Runner:
                     cam.log_live()
         for cam in active:  # stopped
             self._put(to_enhance, cam.finish(stopped=True))
-
-    def _process(self, batch: dict[CameraRun, list[Frame]]) -> list:
-        """Detect the frames due for detection, all cameras of the same detector in the same calls (the
-        detector groups frames by size), then each camera's frames through its tracker, in order."""
-        due = {cam: [f for f in frames if f.index % cam.detect_every == 0] for cam, frames in batch.items()}
-        by_detector: dict[int, list[CameraRun]] = defaultdict(list)
-        for cam in batch:
-            by_detector[id(cam.detector)].append(cam)
-        detections: dict[tuple[str, int], list] = {}
-        for key, cams in by_detector.items():
-            items = [(cam, f) for cam in cams for f in due[cam]]
-            if not items:
-                continue
-            pacer = self._detect_pacers.setdefault(key, Pacer(self.config.detect.batch))
-            found, seconds = pacer.run(cams[0].detector.detect, [f.image for _, f in items], self.stop)
-            self.timer.add("detect", seconds, len(found))
-            for (cam, frame), dets in zip(items, found):
-                detections[(cam.id, frame.index)] = dets
-            for cam, n in Counter(cam for cam, _ in items[:len(found)]).items():
-                cam.timer.add("detect", seconds * n / len(found), n)
-        chosen: list = []
-        for cam, frames in batch.items():
-            missing = [f.index for f in due[cam] if (cam.id, f.index) not in detections]
-            if missing:  # stopped: the frames from the first one not detected are left
-                frames = [f for f in frames if f.index < missing[0]]
-            chosen += cam.process(frames, {i: d for (c, i), d in detections.items() if c == cam.id})
-        return chosen
 
     def _progress(self):
         cams = [c for c in self.cameras.values() if c.src is not None]
@@ -657,7 +684,9 @@ class Runner:
             "cameras": {i: {k: s.get(k) for k in OVERVIEW_CAMERA} for i, s in cams.items()},
             "failed": self.failed, "interrupted": self.stop.is_set(), **totals,
             "faces_written_per_s": round(totals["faces_written"] / wall, 3) if wall > 0 else None,
-            "wall_time_s": round(wall, 3), "stages": self.timer.summary(),
+            "wall_time_s": round(wall, 3),
+            "face_latency_s": Latencies.summary([x for c in self.cameras.values() for x in c.latency.samples()]),
+            "stages": self.timer.summary(),
         }
         write_summary(folder.path, summary)
         if self.config.output.report:

@@ -376,7 +376,7 @@ class VideoSource:
 
     def _emit(self, image: np.ndarray | av.VideoFrame, pts_time: float | None, source_file: str | None = None) -> bool:
         frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name,
-                      source_file=source_file)
+                      source_file=source_file, decoded_at=time.time())
         self.stats.decoded += 1
         ok = self._queue.put(frame)
         self.stats.dropped = self._queue.dropped

@@ -273,15 +273,16 @@ class SortTracker:
     Every update/predict returns one TrackUpdate per live track (TENTATIVE, CONFIRMED or LOST),
     ordered by track id; `detection` is the Detection matched on this frame (None when predicted
     only) and `box` the filtered box. Frame indices must increase; gaps are fine (tracks are
-    predicted through them). Track ids start at 1 and are never reused by this tracker. A track
+    predicted through them). Track ids start at `first_id` (1; a camera's tracker that takes over from
+one that died starts above the ids already written) and are never reused by this tracker. A track
     that leaves the live list is reported exactly once by `pop_ended`.
     """
 
-    def __init__(self, config: TrackerConfig | None = None) -> None:
+    def __init__(self, config: TrackerConfig | None = None, first_id: int = 1) -> None:
         self.config = config or TrackerConfig()
         self._tracks: list[_Track] = []
         self._ended: list[TrackEnd] = []
-        self._next_id = 1
+        self._next_id = first_id
         self._frame: int | None = None
         # Detections that reached no track, by reason: "invalid_box" (non-finite), "below_score"
         # (< low_thresh), "low_score_no_track" (< high_thresh and no confirmed track to keep alive).

@@ -4,6 +4,7 @@ or on many cameras in one process.
 
     python run_stream.py --source clip.mp4 [--config configs/cctv.yaml] [--out DIR] [--set key=value ...]
     python run_stream.py --cameras configs/cameras.example.yaml --out DIR [--set key=value ...]
+    python run_stream.py --cameras FILE --out DIR --cluster auto|ray://HOST:PORT   (Ray: docs/cluster.md)
 
 SRC: a video file, rtsp://..., webcam:N, a folder of images, or `demo` (a generated clip of a face
 moving and shrinking from 80 to 16 px, written to DIR/input/demo.mp4). Writes DIR/tracks.jsonl,
@@ -12,7 +13,8 @@ DIR/tracks/<id>/<frame>.png, DIR/summary.json and DIR/index.html; DIR is locked 
 Many cameras (a cameras file, see pipeline/cameras.py, or --source repeated: cameras cam1, cam2, ...)
 share one detector and one enhancer; each camera writes DIR/<camera id>/ as above, and DIR/summary.json
 and DIR/index.html cover them all. A camera that fails (never reachable, broken file) ends alone and
-the others go on; the run then exits with 3 and names the failed cameras on stderr.
+the others go on; the run then exits with 3 and names the failed cameras on stderr. With --cluster the
+cameras run on Ray (pipeline/cluster.py) and write the same folders; without it Ray is never imported.
 
 On bad input: one line on stderr and a non-zero exit. Ctrl-C (or SIGTERM) stops within seconds and
 still writes the summary and report (exit 0); a second one exits at once (exit 130).
@@ -26,6 +28,7 @@ import sys
 from pathlib import Path
 
 from common import cli, memory
+from common.errors import ConfigError
 
 EXIT_CAMERAS_FAILED = 3  # a multi-camera run ended with at least one camera failed (the others' outputs are valid)
 
@@ -48,10 +51,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "http://HOST:N/metrics while the run lasts (0: any free port, logged)")
     ap.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST",
                     help="address the metrics are served on (default 127.0.0.1: this machine only)")
+    ap.add_argument("--cluster", metavar="auto|ray://HOST:PORT", help="run the cameras on a Ray cluster "
+                    "(docs/cluster.md; needs pip install -e .[cluster]): a worker per camera, the enhancer shared "
+                    "by all; auto: the cluster in RAY_ADDRESS, else a local one for this run")
     ap.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bar")
     args = ap.parse_args(argv)
     if args.cameras and args.config:
         ap.error("--config: with --cameras, the preset is the cameras file's `config:` key")
+    if args.cluster is not None and args.cluster != "auto" and not args.cluster.startswith("ray://"):
+        ap.error(f"--cluster: auto or ray://HOST:PORT, got {args.cluster!r}")
     return args
 
 
@@ -74,14 +82,14 @@ def run(args: argparse.Namespace) -> int:
         overrides.append("output.overwrite=true")
     if args.quiet:
         overrides.append("runtime.progress=false")
-    if args.cameras or len(args.source) > 1:
+    if args.cameras or len(args.source) > 1 or args.cluster:
         cameras = (load_cameras(args.cameras, overrides) if args.cameras
                    else cameras_from_sources(args.source, args.config, overrides))
         config, source = cameras[0].config, cameras  # what the cameras share is the same in every camera's
     else:
         config, source = load_config(args.config, overrides), args.source[0]
     out_dir = Path(args.out or config.output.dir)
-    runner = Runner(config, source, out_dir)
+    runner = cluster_runner(args.cluster, source, out_dir) if args.cluster else Runner(config, source, out_dir)
     install_signal_handlers(runner)
     with contextlib.ExitStack() as stack:
         if args.metrics_port is not None:
@@ -96,6 +104,15 @@ def run(args: argparse.Namespace) -> int:
           f"{summary['faces_written']} faces in {summary['tracks']} tracks written to {out_dir} "
           f"{f'(not written: {lost}) ' if lost else ''}({summary['fps']} fps); open {out_dir / 'index.html'}")
     return 0  # also after one SIGINT/SIGTERM: stopping a live stream that way is the normal end of a run
+
+
+def cluster_runner(address: str, cameras: list, out_dir: Path):
+    """The runner of `--cluster` (Ray is imported here only: a run without it never imports Ray)."""
+    try:
+        from pipeline.cluster import ClusterRunner
+    except ImportError as exc:
+        raise ConfigError(f"--cluster needs Ray ({exc}): pip install -e .[cluster]") from None
+    return ClusterRunner(cameras[0].config, cameras, out_dir, address=address)
 
 
 def report_cameras(summary: dict, out_dir: Path) -> int:

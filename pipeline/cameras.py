@@ -39,6 +39,7 @@ SHARED: dict[str, tuple[str, ...] | None] = {
     "enhance": ("threads", "device", "batch_size", "max_queries", "amp", "runtime"),
     "output": ("dir", "overwrite"),
     "runtime": None,  # the whole section
+    "cluster": None,
 }
 
 

@@ -73,10 +73,24 @@ class RuntimeSettings:
     max_frames: int | None = setting(None, lo=1)
 
 
+@dataclass
+class ClusterSettings:
+    """Used with --cluster only (pipeline.cluster): what Ray reserves for each camera worker and
+    enhancer replica, the enhancer's batching across cameras, and the fault tolerance."""
+
+    camera_cpus: float = setting(1.0, gt=0.0)  # CPUs reserved per camera worker (decode, detect, track, align, select)
+    enhance_replicas: int = setting(1, lo=1)  # enhancer replicas (Ray Serve), each with its own model
+    enhance_cpus: float = setting(1.0, lo=0.0)  # CPUs reserved per enhancer replica
+    enhance_gpus: float = setting(0.0, lo=0.0)  # GPUs per enhancer replica (a fraction shares a GPU)
+    batch_wait_s: float = setting(0.01, lo=0.0)  # longest a face waits for others to fill an enhancer batch
+    max_restarts: int = setting(3, lo=0)  # times Ray restarts a camera worker that died (then the camera fails)
+    enhance_retries: int = setting(3, lo=0)  # times a failed enhancer request is sent again (then the run fails)
+
+
 SECTIONS: dict[str, type] = {
     "source": SourceConfig, "detect": DetectSettings, "track": TrackerConfig, "align": AlignSettings,
     "select": SelectConfig, "enhance": EnhancerConfig, "recognition": RecognitionSettings,
-    "output": OutputSettings, "runtime": RuntimeSettings,
+    "output": OutputSettings, "runtime": RuntimeSettings, "cluster": ClusterSettings,
 }
 DERIVED = {("track", "stride")}  # set from detect.every, never by hand
 
@@ -92,6 +106,7 @@ class PipelineConfig:
     recognition: RecognitionSettings = field(default_factory=RecognitionSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if (name, k) not in DERIVED}

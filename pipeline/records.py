@@ -75,8 +75,9 @@ class TrackEnd:
     matched to it; `reason`: "lost" (unmatched for `max_age` detection frames), "unconfirmed" (a
     tentative track that missed a detection), "stream_end" (still alive when the input ended),
     "photo" (a face of a folder of unrelated photos: every face is its own track, ended with its photo)
-    or "worker_restart" (cut when the camera's worker died, see pipeline.cluster: its faces held back
-    for selection were lost with the worker; the camera goes on with new tracks).
+    or "worker_lost" (cut when the camera's worker died, see pipeline.cluster: the faces it held back
+    for selection died with it; `first_frame`, `last_frame` and `faces_seen` then count the faces
+    written, the only ones the driver knows of; a restarted worker goes on with new tracks).
 
     Example:
         >>> TrackEnd(track_id=3, frame_index=90, first_frame=10, last_frame=60, faces_seen=51,

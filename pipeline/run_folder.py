@@ -128,7 +128,7 @@ TRACK_END_SCHEMA: dict = {
         "faces_written": {"type": "integer", "minimum": 1},
         "best_quality": {"type": ["number", "null"]},
         "best_frame": _INT0,
-        "reason": {"type": "string", "pattern": "^(lost|unconfirmed|stream_end|photo|worker_restart)$"},
+        "reason": {"type": "string", "pattern": "^(lost|unconfirmed|stream_end|photo|worker_lost)$"},
         "camera": {"type": ["string", "null"]},
     },
 }

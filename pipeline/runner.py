@@ -71,7 +71,7 @@ from pipeline.source import open_source
 from trackers import SortTracker
 
 log = logging.getLogger(__name__)
-_DONE = object()
+QUEUE_END = object()
 #: Seconds one detector or enhancer call should take: about the longest a stop request waits for either.
 CALL_S = 0.5
 #: When no camera has a frame decoded, the reading waits this long (shared among the cameras) before looking again.
@@ -136,7 +136,7 @@ class Pacer:
 
 
 @dataclass(frozen=True)
-class _CameraDone:
+class CameraDone:
     """Goes down the queues after a camera's last face and track end: the sink then writes its summary."""
 
     camera: str
@@ -306,7 +306,7 @@ class CameraRun:
             self.error = SourceError(f"{self.name}: stopped before the source delivered any frame")
         self.state = CameraState.FAILED if self.error is not None else CameraState.FINISHED
         self.tracker.finish()  # tracks still alive end like any other
-        return [*self.ended(), _CameraDone(self.id)]
+        return [*self.ended(), CameraDone(self.id)]
 
     def write(self, item: EnhancedFace | TrackEnd) -> None:
         """The sink's part: an enhanced face (images, its tracks.jsonl line, recognition, its
@@ -452,7 +452,7 @@ class Runner:
                 return q.get(timeout=0.5)
             except queue.Empty:
                 if self._error is not None:
-                    return _DONE
+                    return QUEUE_END
 
     def _put(self, q: queue.Queue, item) -> None:
         """Blocking put that gives up once another thread has failed (a full queue must not hang the run)."""
@@ -477,7 +477,7 @@ class Runner:
             others: list = []
             item = self._get(inbox)
             while True:  # gather what is waiting, up to a full batch, without waiting for more
-                if item is _DONE:
+                if item is QUEUE_END:
                     done = True
                     break
                 for x in item:
@@ -491,7 +491,7 @@ class Runner:
             enhanced = self._enhance_until_stopped(pacer, faces)
             if enhanced or others:
                 self._put(outbox, [*enhanced, *others])
-        self._put(outbox, _DONE)
+        self._put(outbox, QUEUE_END)
 
     def _enhance(self, faces: list[AlignedFace]) -> list[EnhancedFace]:
         """Faces of any cameras through their cameras' enhancers (one call per enhancer), in order."""
@@ -520,13 +520,13 @@ class Runner:
         return enhanced
 
     def _sink_loop(self, inbox: queue.Queue) -> None:
-        while (item := self._get(inbox)) is not _DONE:
+        while (item := self._get(inbox)) is not QUEUE_END:
             for x in item:
                 self._write(x)
 
-    def _write(self, item: EnhancedFace | TrackEnd | _CameraDone) -> None:
+    def _write(self, item: EnhancedFace | TrackEnd | CameraDone) -> None:
         """An item at the end of the queues: written by its camera (a done marker: its summary)."""
-        if isinstance(item, _CameraDone):
+        if isinstance(item, CameraDone):
             self.cameras[item.camera].write_summary(self.stop.is_set())
             return
         t0 = time.perf_counter()
@@ -587,7 +587,7 @@ class Runner:
                 self._error = self._error or exc
                 raise
             finally:
-                self._put(to_enhance, _DONE)
+                self._put(to_enhance, QUEUE_END)
                 for w in workers:
                     w.join()
                 if progress is not None:

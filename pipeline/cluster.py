@@ -50,6 +50,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -61,7 +62,7 @@ import numpy as np
 import ray
 import torch
 from ray import serve
-from ray.exceptions import GetTimeoutError, RayActorError, RayError
+from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
 from common.redact import mask_secrets
 from pipeline.cameras import Camera
@@ -82,6 +83,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The project's packages, shipped to every actor of the job (and the weights in models/weights with them).
 RUNTIME_ENV = {"py_modules": [str(ROOT / name) for name in ("common", "models", "pipeline", "trackers")]}
 NAMESPACE = "facesr"  # the workers' names live here: camera-<id>-<run>
+SERVE_LOGGING = {"log_level": "WARNING"}  # not a line per request
 #: After a stop request, the longest the driver waits for faces already sent to the enhancer.
 DRAIN_S = 3.0
 
@@ -143,7 +145,9 @@ class CameraWorker:
         self.reported = SourceStats()
         self.next_frame = 0
         self.finished = False
-        self.waiting = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's property warns about Ray's own deprecated call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.waiting = ray.get_runtime_context().was_current_actor_reconstructed
 
     def resume(self, next_frame: int, first_track_id: int) -> None:
         """After a restart: a file goes on from `next_frame`, and track ids from `first_track_id`."""
@@ -219,6 +223,8 @@ class EnhanceService:
     def _enhance(self, faces: list[AlignedFace]) -> list[tuple[np.ndarray, float, str, float]]:
         if self.threads:
             torch.set_num_threads(self.threads)
+        for face in faces:  # arrays from Ray's object store are read-only; torch wants to own them
+            face.crop = face.crop.copy()
         t0 = time.perf_counter()
         out = self.enhancer(faces)
         share = (time.perf_counter() - t0) / len(faces)
@@ -310,9 +316,9 @@ class ClusterRunner(Runner):
             ray_actor_options={"num_cpus": c.enhance_cpus, "num_gpus": c.enhance_gpus},
         ).bind(cfg.enhance, c.batch_wait_s)
         name = f"facesr-enhance-{self.run_id}"
-        serve.start(proxy_location="Disabled")  # requests come from the driver only: no HTTP
+        serve.start(proxy_location="Disabled", logging_config=SERVE_LOGGING)  # requests from the driver only
         try:
-            handle = serve.run(app, name=name, route_prefix=None)
+            handle = serve.run(app, name=name, route_prefix=None, logging_config=SERVE_LOGGING)
         finally:
             stack.callback(serve.delete, name)
         return handle
@@ -355,6 +361,9 @@ class ClusterRunner(Runner):
         cam = self.cameras[cam_id]
         try:
             step = ray.get(ref)
+        except ActorUnavailableError:  # being restarted (or unreachable a moment): ask again
+            time.sleep(0.1)
+            return worker.step.remote()
         except RayActorError as exc:
             failures[cam_id] += 1
             if cam.counts["worker_restarts"] + failures[cam_id] > self.config.cluster.max_restarts:

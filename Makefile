@@ -20,7 +20,7 @@ install: $(BIN)/python
 	@$(BIN)/python -m pip show --quiet facenet-pytorch 2>/dev/null || $(BIN)/python -m pip install --quiet --no-deps facenet-pytorch==2.6.0
 
 install-dev: install
-	$(BIN)/python -m pip install --quiet -e ".[dev,recognition]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,recognition,cluster]"
 
 test: install-dev
 	$(BIN)/python -m pytest -q

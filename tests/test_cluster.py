@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -133,3 +134,36 @@ def test_a_run_without_cluster_never_imports_ray(tmp_path):
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
+
+
+def test_sigint_stops_the_workers_drains_and_writes_the_summaries(cluster, tmp_path):
+    frames = 400
+    clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=frames)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_stream.py"), "--cameras", str(cameras_file(tmp_path, clip)), "--out",
+         str(out), "--cluster", "auto", "-q", *[x for s in FAST for x in ("--set", s)]],
+        cwd=ROOT, env={**os.environ, "RAY_ADDRESS": cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not all((out / cam / TRACKS_FILE).is_file() and (out / cam / TRACKS_FILE).read_text()
+                      for cam in ("a", "b")):
+            assert time.monotonic() < deadline and proc.poll() is None, "no faces written"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert stopped_in < 15, stopped_in  # the drain is DRAIN_S at most, then the summaries and Ray's goodbye
+    overview = json.loads((out / "summary.json").read_text())
+    assert overview["interrupted"] and overview["failed"] == []
+    for cam in ("a", "b"):
+        run = load_run(out / cam)  # valid: every line complete, every image there
+        assert run.summary["interrupted"] and run.summary["state"] == "finished"
+        assert 0 < run.summary["frames_processed"] < frames
+        assert run.summary["faces_written"] == sum(len(recs) for recs in run.tracks().values()) > 0
+        assert set(run.track_ends) == set(run.tracks())  # every track written has its end

@@ -203,6 +203,11 @@ class CameraWorker:
         return Step(items, self.next_frame, counts, not_written, timer, view, cam.state, cam.error, resume)
 
 
+def writable(face: AlignedFace) -> None:
+    """Arrays from Ray's object store are read-only, and torch warns about (and may write into) them."""
+    face.crop = face.crop.copy()
+
+
 @serve.deployment
 class EnhanceService:
     """Ray Serve deployment: one face per request; `@serve.batch` runs the faces of all cameras
@@ -223,8 +228,8 @@ class EnhanceService:
     def _enhance(self, faces: list[AlignedFace]) -> list[tuple[np.ndarray, float, str, float]]:
         if self.threads:
             torch.set_num_threads(self.threads)
-        for face in faces:  # arrays from Ray's object store are read-only; torch wants to own them
-            face.crop = face.crop.copy()
+        for face in faces:
+            writable(face)
         t0 = time.perf_counter()
         out = self.enhancer(faces)
         share = (time.perf_counter() - t0) / len(faces)
@@ -295,6 +300,7 @@ class ClusterRunner(Runner):
             for sig, handler in handlers.items():  # ours (install_signal_handlers), not Ray's
                 signal.signal(sig, handler)
         stack.callback(ray.shutdown)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not a line per deployment step
 
     def _check_resources(self) -> None:
         c = self.config.cluster
@@ -410,6 +416,7 @@ class ClusterRunner(Runner):
         stop request: not, it is skipped)."""
         for item in items:
             if isinstance(item, AlignedFace):
+                writable(item)  # the sink's bicubic comparison image goes through torch
                 self._next_track[cam_id] = max(self._next_track[cam_id], item.track_id + 1)
                 seen = self._open[cam_id].setdefault(item.track_id, [item.frame_index, item.frame_index, 0])
                 seen[1], seen[2] = item.frame_index, seen[2] + 1

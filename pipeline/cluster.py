@@ -272,22 +272,12 @@ class ClusterRunner(Runner):
             workers = self._start_workers(stack)
             to_sink: queue.Queue = queue.Queue(maxsize=self.config.runtime.queue_size)
             sink = threading.Thread(target=self._guard, args=(self._sink, to_sink), name="sink", daemon=True)
-            sink.start()
-            self.running.set()
-            try:
-                self._pull(workers, to_sink)
-            except BaseException as exc:  # make the sink give up too
-                self._error = self._error or exc
-                raise
-            finally:
-                self._put(to_sink, QUEUE_END)
-                sink.join()
-            if self._error is not None:
-                raise self._error
+            self._drive(lambda: self._pull(workers, to_sink), [sink], to_sink)
         return self._write_overview(folder, start)
 
     # -- start-up ---------------------------------------------------------------------------------
     def _connect(self, stack: ExitStack) -> None:
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not a line per deployment step
         if ray.is_initialized():  # a caller's cluster (tests, a notebook): used as it is, left running
             return
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -300,7 +290,6 @@ class ClusterRunner(Runner):
             for sig, handler in handlers.items():  # ours (install_signal_handlers), not Ray's
                 signal.signal(sig, handler)
         stack.callback(ray.shutdown)
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # not a line per deployment step
 
     def _check_resources(self) -> None:
         c = self.config.cluster

@@ -574,29 +574,40 @@ class Runner:
                                         name="enhance", daemon=True),
                        threading.Thread(target=self._guard, args=(self._sink_loop, to_sink),
                                         name="sink", daemon=True)]
-            for w in workers:
-                w.start()
             progress = self._progress()
-            self.running.set()
-            try:
+
+            def read() -> None:
                 for cam in self.cameras.values():
                     if cam.state is CameraState.FAILED:  # never opened: nothing to read, its summary says why
                         self._put(to_enhance, cam.finish(stopped=False))
                 self._loop(to_enhance, progress)
-            except BaseException as exc:  # make the workers give up too
-                self._error = self._error or exc
-                raise
+
+            try:
+                self._drive(read, workers, to_enhance)
             finally:
-                self._put(to_enhance, QUEUE_END)
-                for w in workers:
-                    w.join()
                 if progress is not None:
                     progress.close()
-            if self._error is not None:
-                raise self._error
         if not self.multi:
             return self.cameras[""].summary
         return self._write_overview(folder, start)
+
+    def _drive(self, body: Callable[[], None], threads: list[threading.Thread], first: queue.Queue) -> None:
+        """Start `threads` (the stages downstream), run `body` (the reading) in this thread, then end the
+        queue `first` and join them, also after a failure anywhere (the threads then give up); raise it."""
+        for t in threads:
+            t.start()
+        self.running.set()
+        try:
+            body()
+        except BaseException as exc:  # make the threads give up too
+            self._error = self._error or exc
+            raise
+        finally:
+            self._put(first, QUEUE_END)
+            for t in threads:
+                t.join()
+        if self._error is not None:
+            raise self._error
 
     def _open_cameras(self, stack: ExitStack, folder: RunFolder, start: float) -> None:
         """Every camera's folder, source and sink; one detector per detection settings (sharing the

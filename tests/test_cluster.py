@@ -93,10 +93,8 @@ def named_worker(ray, camera: str, timeout: float = 120.0):
     raise AssertionError(f"no worker for camera {camera} within {timeout} s")
 
 
-def test_a_killed_worker_is_restarted_and_its_camera_resumes(cluster, tmp_path):
-    import ray
-
-    frames = 90
+def start_cli(cluster: str, tmp_path: Path, frames: int) -> tuple[subprocess.Popen, Path]:
+    """run_stream.py --cluster auto on the test cluster (RAY_ADDRESS), cameras a and b on a clip of `frames`."""
     clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=frames)
     out = tmp_path / "out"
     proc = subprocess.Popen(
@@ -104,12 +102,25 @@ def test_a_killed_worker_is_restarted_and_its_camera_resumes(cluster, tmp_path):
          str(out), "--cluster", "auto", "-q", *[x for s in FAST for x in ("--set", s)]],
         cwd=ROOT, env={**os.environ, "RAY_ADDRESS": cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True)
+    return proc, out
+
+
+def wait_for_faces(proc: subprocess.Popen, out: Path, cameras: tuple[str, ...], timeout: float = 180.0) -> None:
+    """Until every camera in `cameras` has written a face (the run is well under way)."""
+    deadline = time.monotonic() + timeout
+    while not all((out / cam / TRACKS_FILE).is_file() and (out / cam / TRACKS_FILE).read_text() for cam in cameras):
+        assert time.monotonic() < deadline and proc.poll() is None, "no faces written"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_restarted_and_its_camera_resumes(cluster, tmp_path):
+    import ray
+
+    frames = 90
+    proc, out = start_cli(cluster, tmp_path, frames)
     try:
         worker = named_worker(ray, "a")
-        deadline = time.monotonic() + 120
-        while not (out / "a" / TRACKS_FILE).is_file() or not (out / "a" / TRACKS_FILE).read_text():
-            assert time.monotonic() < deadline and proc.poll() is None, "camera a wrote no face"
-            time.sleep(0.05)
+        wait_for_faces(proc, out, ("a",))
         ray.kill(worker, no_restart=False)
         stdout, stderr = proc.communicate(timeout=240)
     finally:
@@ -138,19 +149,9 @@ def test_a_run_without_cluster_never_imports_ray(tmp_path):
 
 def test_sigint_stops_the_workers_drains_and_writes_the_summaries(cluster, tmp_path):
     frames = 400
-    clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=frames)
-    out = tmp_path / "out"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_stream.py"), "--cameras", str(cameras_file(tmp_path, clip)), "--out",
-         str(out), "--cluster", "auto", "-q", *[x for s in FAST for x in ("--set", s)]],
-        cwd=ROOT, env={**os.environ, "RAY_ADDRESS": cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    proc, out = start_cli(cluster, tmp_path, frames)
     try:
-        deadline = time.monotonic() + 180
-        while not all((out / cam / TRACKS_FILE).is_file() and (out / cam / TRACKS_FILE).read_text()
-                      for cam in ("a", "b")):
-            assert time.monotonic() < deadline and proc.poll() is None, "no faces written"
-            time.sleep(0.05)
+        wait_for_faces(proc, out, ("a", "b"))
         proc.send_signal(signal.SIGINT)
         t0 = time.monotonic()
         stdout, stderr = proc.communicate(timeout=60)

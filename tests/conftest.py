@@ -1,6 +1,7 @@
 """Shared pytest fixtures."""
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,3 +65,22 @@ def rtsp_server(rtsp_video: Path) -> Iterator[Callable[..., RtspServer]]:
     finally:
         for server in servers:
             server.kill()
+
+
+# ---- Ray (pipeline.cluster, run_stream.py --cluster) ----------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A local Ray cluster with 2 CPUs for the module (this process is its first driver); yields its
+    address, the RAY_ADDRESS with which `run_stream.py --cluster auto` joins it. Skips without Ray."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e .[cluster] (CI installs it)")
+    from pipeline.cluster import NAMESPACE, RUNTIME_ENV
+
+    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env=RUNTIME_ENV)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,107 @@
+"""run_stream.py --cluster against faults, as a user runs it (on the test's local Ray cluster, joined through
+RAY_ADDRESS): a camera worker killed mid-run is restarted and its camera resumes; SIGINT drains and writes the
+summaries; a cluster too small for the cameras is one error line."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from test_cluster import FAST, cameras_file
+
+from pipeline.demo import make_demo_clip
+from pipeline.run_folder import TRACKS_FILE, load_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def named_worker(ray, camera: str, timeout: float = 120.0):
+    """The running worker actor of `camera` (named camera-<id>-<run> in namespace facesr)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == "facesr" and a["name"].startswith(f"camera-{camera}-")]
+        if names:
+            return ray.get_actor(names[0], namespace="facesr")
+        time.sleep(0.2)
+    raise AssertionError(f"no worker for camera {camera} within {timeout} s")
+
+
+def start_cli(cluster: str, tmp_path: Path, frames: int, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """run_stream.py --cluster auto on the test cluster (RAY_ADDRESS), cameras a and b on a clip of `frames`
+    (`extra`: more arguments)."""
+    clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=frames)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_stream.py"), "--cameras", str(cameras_file(tmp_path, clip)), "--out",
+         str(out), "--cluster", "auto", "-q", *[x for s in FAST for x in ("--set", s)], *extra],
+        cwd=ROOT, env={**os.environ, "RAY_ADDRESS": cluster}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    return proc, out
+
+
+def wait_for_faces(proc: subprocess.Popen, out: Path, cameras: tuple[str, ...], timeout: float = 180.0) -> None:
+    """Until every camera in `cameras` has written a face (the run is well under way)."""
+    deadline = time.monotonic() + timeout
+    while not all((out / cam / TRACKS_FILE).is_file() and (out / cam / TRACKS_FILE).read_text() for cam in cameras):
+        assert time.monotonic() < deadline and proc.poll() is None, "no faces written"
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_is_restarted_and_its_camera_resumes(ray_cluster, tmp_path):
+    import ray
+
+    frames = 90
+    proc, out = start_cli(ray_cluster, tmp_path, frames)
+    try:
+        worker = named_worker(ray, "a")
+        wait_for_faces(proc, out, ("a",))
+        ray.kill(worker, no_restart=False)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    a, b = load_run(out / "a"), load_run(out / "b")
+    assert a.summary["worker_restarts"] == 1 and b.summary["worker_restarts"] == 0
+    assert a.summary["state"] == "finished" and a.summary["error"] is None
+    # resumed where it was, not from the start: every frame processed once, no face written twice
+    assert a.summary["frames_processed"] == b.summary["frames_processed"] == frames
+    faces = [(r.track_id, r.frame_index) for recs in a.tracks().values() for r in recs]
+    assert len(faces) == len(set(faces)) and max(f for _, f in faces) >= frames - 5
+    assert json.loads((out / "summary.json").read_text())["worker_restarts"] == 1
+
+
+def test_sigint_stops_the_workers_drains_and_writes_the_summaries(ray_cluster, tmp_path):
+    frames = 400
+    proc, out = start_cli(ray_cluster, tmp_path, frames)
+    try:
+        wait_for_faces(proc, out, ("a", "b"))
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=60)
+        stopped_in = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert stopped_in < 15, stopped_in  # the drain is DRAIN_S at most, then the summaries and Ray's goodbye
+    overview = json.loads((out / "summary.json").read_text())
+    assert overview["interrupted"] and overview["failed"] == []
+    for cam in ("a", "b"):
+        run = load_run(out / cam)  # valid: every line complete, every image there
+        assert run.summary["interrupted"] and run.summary["state"] == "finished"
+        assert 0 < run.summary["frames_processed"] < frames
+        assert run.summary["faces_written"] == sum(len(recs) for recs in run.tracks().values()) > 0
+        assert set(run.track_ends) == set(run.tracks())  # every track written has its end
+
+
+def test_a_cluster_too_small_for_the_cameras_is_one_error_line(ray_cluster, tmp_path):
+    proc, out = start_cli(ray_cluster, tmp_path, 6, "--set", "cluster.camera_cpus=2")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in stderr
+    error = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert error == ["error: the cluster has 2 CPUs, the run asks for 5: 2 cameras x cluster.camera_cpus (2) + "
+                     "1 enhancer replicas x cluster.enhance_cpus (1); lower them or add nodes"]

@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    stages = [s for s in ("detect", "track", "align", "select", "enhance", "sink") if any(s in r["stages"] for r in rows)]
+    stages = [s for s in ("detect", "track", "align", "select", "enhance", "sink")
+              if any(s in r["stages"] for r in rows)]
     head = ["mode", "faces", "wall s", "faces/s", "steady faces/s", "latency p50 s", "latency p99 s",
             *[f"{s} s" for s in stages]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

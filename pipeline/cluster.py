@@ -83,6 +83,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The project's packages, shipped to every actor of the job (and the weights in models/weights with them).
 RUNTIME_ENV = {"py_modules": [str(ROOT / name) for name in ("common", "models", "pipeline", "trackers")]}
 NAMESPACE = "facesr"  # the workers' names live here: camera-<id>-<run>
+#: Wait before the first resend of a failed enhancer request, doubled for each next one.
+RETRY_WAIT_S = 0.5
 SERVE_LOGGING = {"log_level": "WARNING"}  # not a line per request
 #: After a stop request, the longest the driver waits for faces already sent to the enhancer.
 DRAIN_S = 3.0
@@ -461,7 +463,8 @@ class ClusterRunner(Runner):
 
     def _enhanced(self, face: AlignedFace, response) -> EnhancedFace | None:
         """The face enhanced: its request's answer, sent again if it failed (cluster.enhance_retries
-        times at most); None for a face skipped at a stop (not sent, or not back within DRAIN_S)."""
+        times at most, waiting RETRY_WAIT_S, then twice as long each time); None for a face skipped at a
+        stop (not sent, or not back within DRAIN_S)."""
         cam = self.cameras[face.camera]
         retries = 0
         while response is not None:
@@ -477,8 +480,10 @@ class ClusterRunner(Runner):
                                        f"of track {face.track_id}: {exc}") from exc
                 retries += 1
                 cam.counts["enhance_retries"] += 1
-                log.warning("camera %s: enhancer request failed (%s); sending it again", face.camera,
-                            type(exc).__name__)
+                wait = RETRY_WAIT_S * 2 ** (retries - 1)  # time for Serve to replace a replica that died
+                log.warning("camera %s: enhancer request failed (%s); sending it again in %.1f s", face.camera,
+                            type(exc).__name__, wait)
+                time.sleep(wait)
                 response = self.service.remote(face)
                 continue
             cam.timer.add("enhance", seconds, 1)

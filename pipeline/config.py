@@ -84,7 +84,7 @@ class ClusterSettings:
     enhance_gpus: float = setting(0.0, lo=0.0)  # GPUs per enhancer replica (a fraction shares a GPU)
     batch_wait_s: float = setting(0.01, lo=0.0)  # longest a face waits for others to fill an enhancer batch
     max_restarts: int = setting(3, lo=0)  # times Ray restarts a camera worker that died (then the camera fails)
-    enhance_retries: int = setting(3, lo=0)  # times a failed enhancer request is sent again (then the run fails)
+    enhance_retries: int = setting(5, lo=0)  # resends of a failed enhancer request (0.5 s apart, doubling); then it fails
 
 
 SECTIONS: dict[str, type] = {

@@ -96,7 +96,8 @@ class StageTimer:
     def merge(self, other: StageTimer) -> None:
         """Add `other`'s calls to this timer's (a camera worker's timings reach the driver this way)."""
         with other._lock:
-            seconds, items, calls = dict(other.seconds), dict(other.items), {s: list(c) for s, c in other._calls.items()}
+            seconds, items = dict(other.seconds), dict(other.items)
+            calls = {s: list(c) for s, c in other._calls.items()}
         with self._lock:
             for stage, n in calls.items():
                 self.seconds[stage] += seconds[stage]

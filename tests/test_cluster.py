@@ -64,7 +64,7 @@ def test_a_run_without_cluster_never_imports_ray(tmp_path):
     clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=6)
     code = ("import sys, run_stream\n"
             f"rc = run_stream.main(['--source', {str(clip)!r}, '--source', {str(clip)!r}, '--out', "
-            f"{str(tmp_path / 'out')!r}, '-q', '--set', 'enhance.method=bicubic'])\n"
+            f"{str(tmp_path / 'out')!r}, '-q', *{[x for s in FAST for x in ('--set', s)]!r}])\n"
             "assert rc == 0, rc\n"
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray was imported'\n")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)

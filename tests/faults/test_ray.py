@@ -1,6 +1,7 @@
 """run_stream.py --cluster against faults, as a user runs it (on the test's local Ray cluster, joined through
 RAY_ADDRESS): a camera worker killed mid-run is restarted and its camera resumes; SIGINT drains and writes the
-summaries; a cluster too small for the cameras is one error line."""
+summaries; an enhancer replica that dies loses no face (its requests are sent again); a cluster too small
+for the cameras is one error line."""
 from __future__ import annotations
 
 import json
@@ -105,3 +106,37 @@ def test_a_cluster_too_small_for_the_cameras_is_one_error_line(ray_cluster, tmp_
     error = [line for line in stderr.splitlines() if line.startswith("error: ")]
     assert error == ["error: the cluster has 2 CPUs, the run asks for 5: 2 cameras x cluster.camera_cpus (2) + "
                      "1 enhancer replicas x cluster.enhance_cpus (1); lower them or add nodes"]
+
+
+def serve_replica(ray, timeout: float = 120.0):
+    """The running replica of this run's enhancer (a Serve actor in namespace serve)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                 if a["namespace"] == "serve" and "facesr-enhance-" in a["name"] and "EnhanceService" in a["name"]]
+        if names:
+            return ray.get_actor(names[0], namespace="serve")
+        time.sleep(0.2)
+    raise AssertionError(f"no enhancer replica within {timeout} s")
+
+
+def test_an_enhancer_replica_that_dies_loses_no_face(ray_cluster, tmp_path):
+    import ray
+
+    # The model (ARASFSR-LM, small batches) keeps requests waiting at the replica when it is killed.
+    proc, out = start_cli(ray_cluster, tmp_path, 40, "--set", "enhance.method=arasfsr", "--set",
+                          "enhance.weights=models/weights/arasfsr_lm.safetensors", "--set", "enhance.batch_size=2")
+    try:
+        replica = serve_replica(ray)
+        wait_for_faces(proc, out, ("a", "b"))
+        ray.kill(replica, no_restart=True)  # Serve starts another one
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    a, b = load_run(out / "a").summary, load_run(out / "b").summary
+    assert a["enhance_retries"] + b["enhance_retries"] >= 1
+    # the same clip on both cameras: the same faces written, none skipped
+    assert a["faces_written"] == b["faces_written"] > 0
+    assert a["faces_skipped_at_stop"] == b["faces_skipped_at_stop"] == 0
+    assert a["frames_processed"] == b["frames_processed"] == 40

@@ -294,17 +294,20 @@ class ClusterRunner(Runner):
         stack.callback(ray.shutdown)
 
     def _check_resources(self) -> None:
-        c = self.config.cluster
+        """Refuse a run the cluster cannot place (Ray would wait for ever), and a bad enhancer setting
+        (here one error line, rather than a deployment failing on the cluster)."""
+        c, cameras = self.config.cluster, len(self.cameras_given)
         have = ray.cluster_resources()
-        need = {"CPU": len(self.cameras_given) * c.camera_cpus + c.enhance_replicas * c.enhance_cpus,
-                "GPU": c.enhance_replicas * c.enhance_gpus}
-        for kind, n in need.items():
+        replicas = f"{c.enhance_replicas} enhancer replicas x cluster.enhance_"
+        need = {"CPU": (cameras * c.camera_cpus + c.enhance_replicas * c.enhance_cpus,
+                        f"{cameras} cameras x cluster.camera_cpus ({c.camera_cpus:g}) + {replicas}cpus "
+                        f"({c.enhance_cpus:g})"),
+                "GPU": (c.enhance_replicas * c.enhance_gpus, f"{replicas}gpus ({c.enhance_gpus:g})")}
+        for kind, (n, why) in need.items():
             if n > have.get(kind, 0) + 1e-9:
-                raise ConfigError(
-                    f"the cluster has {have.get(kind, 0):g} {kind}s, the run asks for {n:g}: "
-                    f"{len(self.cameras_given)} cameras x cluster.camera_cpus ({c.camera_cpus:g}) + "
-                    f"{c.enhance_replicas} enhancer replicas x cluster.enhance_{kind.lower()}s "
-                    f"({getattr(c, f'enhance_{kind.lower()}s'):g}); lower them or add nodes")
+                raise ConfigError(f"the cluster has {have.get(kind, 0):g} {kind}s, the run asks for {n:g}: {why}; "
+                                  "lower them or add nodes")
+        Enhancer(dataclasses.replace(self.config.enhance, device="cpu"))  # the weights load, or ConfigError
 
     def _deploy(self, stack: ExitStack):
         cfg, c = self.config, self.config.cluster

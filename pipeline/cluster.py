@@ -62,6 +62,7 @@ import numpy as np
 import ray
 import torch
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
 from common.redact import mask_secrets
@@ -477,7 +478,7 @@ class ClusterRunner(Runner):
                 if self._drain_until is not None and time.monotonic() > self._drain_until:
                     return None
                 continue
-            except RayError as exc:
+            except (RayError, RayServeException) as exc:
                 if retries >= self.config.cluster.enhance_retries:
                     raise RuntimeError(f"camera {face.camera}: the enhancer failed {retries + 1} times on a face "
                                        f"of track {face.track_id}: {exc}") from exc

@@ -123,12 +123,14 @@ def serve_replica(ray, timeout: float = 120.0):
 def test_an_enhancer_replica_that_dies_loses_no_face(ray_cluster, tmp_path):
     import ray
 
-    # The model (ARASFSR-LM, small batches) keeps requests waiting at the replica when it is killed.
-    proc, out = start_cli(ray_cluster, tmp_path, 40, "--set", "enhance.method=arasfsr", "--set",
-                          "enhance.weights=models/weights/arasfsr_lm.safetensors", "--set", "enhance.batch_size=2")
+    # The full ARASFSR decoder, one face per call, is far slower than the workers: faces are waiting at
+    # the replica (and in front of it) when it is killed.
+    frames = 20
+    proc, out = start_cli(ray_cluster, tmp_path, frames, "--set", "enhance.method=arasfsr", "--set",
+                          "enhance.batch_size=1")
     try:
         replica = serve_replica(ray)
-        wait_for_faces(proc, out, ("a", "b"))
+        wait_for_faces(proc, out, ("a",))  # the first face: the others wait for the enhancer
         ray.kill(replica, no_restart=True)  # Serve starts another one
         _, stderr = proc.communicate(timeout=240)
     finally:
@@ -139,4 +141,4 @@ def test_an_enhancer_replica_that_dies_loses_no_face(ray_cluster, tmp_path):
     # the same clip on both cameras: the same faces written, none skipped
     assert a["faces_written"] == b["faces_written"] > 0
     assert a["faces_skipped_at_stop"] == b["faces_skipped_at_stop"] == 0
-    assert a["frames_processed"] == b["frames_processed"] == 40
+    assert a["frames_processed"] == b["frames_processed"] == frames

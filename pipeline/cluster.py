@@ -159,15 +159,15 @@ class CameraWorker:
         self.cam.tracker = SortTracker(self.cam.tracker.config, first_id=first_track_id)
         self.waiting = False
 
-    def step(self) -> Step:
-        """The frames decoded, up to one detector call, through detect/track/align/select; at the end
-        of the input (or when the camera failed) the camera's end, as `finish`."""
+    def step(self, most: int | None = None) -> Step:
+        """The frames decoded, up to one detector call (and `most`), through detect/track/align/select;
+        at the end of the input (or when the camera failed) the camera's end, as `finish`."""
         cam = self.cam
         if self.waiting:
             return self._report([], resume=True)
         if cam.state is not CameraState.RUNNING:
             return self.finish(stopped=False)
-        frames = cam.read(self.pacer.size, IDLE_WAIT_S)
+        frames = cam.read(min(self.pacer.size, most or self.pacer.size), IDLE_WAIT_S)
         if frames is None:
             return self.finish(stopped=False)
         frames = [f for f in frames if f.index >= self.next_frame]  # a restarted file's frames already done
@@ -339,7 +339,7 @@ class ClusterRunner(Runner):
     def _pull(self, workers: dict[str, Any], to_sink: queue.Queue) -> None:
         """One call in flight per camera; each answer goes to the sink and the camera's next call
         starts, until every camera has ended or a stop request."""
-        calls = {cam_id: worker.step.remote() for cam_id, worker in workers.items()}
+        calls = {cam_id: self._next_call(self.cameras[cam_id], worker) for cam_id, worker in workers.items()}
         failures: Counter[str] = Counter()  # calls lost in a row per camera (its worker died)
         last_log = time.perf_counter()
         while calls and not self.stop.is_set():
@@ -364,7 +364,7 @@ class ClusterRunner(Runner):
             step = ray.get(ref)
         except ActorUnavailableError:  # being restarted (or unreachable a moment): ask again
             time.sleep(0.1)
-            return worker.step.remote()
+            return self._next_call(cam, worker)
         except RayActorError as exc:
             failures[cam_id] += 1
             if cam.counts["worker_restarts"] + failures[cam_id] > self.config.cluster.max_restarts:
@@ -376,7 +376,7 @@ class ClusterRunner(Runner):
                 self._send(cam_id, [CameraDone(cam_id)], to_sink)
                 return None
             log.warning("camera %s: its worker died (%s); Ray restarts it", cam_id, type(exc).__name__)
-            return worker.step.remote()  # reaches the restarted worker, which asks where to resume
+            return self._next_call(cam, worker)  # reaches the restarted worker, which asks where to resume
         failures[cam_id] = 0
         self._absorb(cam, step)
         if step.resume:
@@ -384,14 +384,17 @@ class ClusterRunner(Runner):
             log.warning("camera %s: worker restarted; resuming at frame %d", cam_id, self._next_frame[cam_id])
             self._end_open_tracks(cam_id, to_sink)
             worker.resume.remote(self._next_frame[cam_id], self._next_track[cam_id])
-            return worker.step.remote()  # an actor runs one caller's calls in order: after resume
+            return self._next_call(cam, worker)  # an actor runs one caller's calls in order: after resume
         self._send(cam_id, step.items, to_sink)
-        if cam_id in self._done:
-            return None
+        return None if cam_id in self._done else self._next_call(cam, worker)
+
+    def _next_call(self, cam: CameraRun, worker):
+        """The camera's next step, or its end once it has processed runtime.max_frames frames."""
         max_frames = self.config.runtime.max_frames
-        if max_frames and cam.counts["frames_processed"] >= max_frames:
-            return worker.finish.remote(False)
-        return worker.step.remote()
+        if not max_frames:
+            return worker.step.remote()
+        left = max_frames - cam.counts["frames_processed"]
+        return worker.step.remote(left) if left > 0 else worker.finish.remote(False)
 
     def _absorb(self, cam: CameraRun, step: Step) -> None:
         """Add a step's counters to the driver's CameraRun (what summary.json and the metrics read)."""

@@ -70,13 +70,13 @@ def rtsp_server(rtsp_video: Path) -> Iterator[Callable[..., RtspServer]]:
 # ---- Ray (pipeline.cluster, run_stream.py --cluster) ----------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
-    """A local Ray cluster with 2 CPUs for the module (this process is its first driver); yields its
-    address, the RAY_ADDRESS with which `run_stream.py --cluster auto` joins it. Skips without Ray."""
+    """A local Ray cluster with 2 CPUs for the module; yields its address, the RAY_ADDRESS with which
+    `run_stream.py --cluster auto` joins it (tests/ray_cli.py). This process only looks at the cluster and
+    kills actors in it; it runs none. Skips without Ray."""
     ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e .[cluster] (CI installs it)")
-    from pipeline.cluster import NAMESPACE, RUNTIME_ENV
+    from pipeline.cluster import NAMESPACE
 
-    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env=RUNTIME_ENV)
+    ray.init(num_cpus=2, namespace=NAMESPACE, include_dashboard=False, logging_level=logging.WARNING)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

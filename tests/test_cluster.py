@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from ray_cli import FAST, start_cli
 
 from pipeline.cameras import load_cameras
 from pipeline.demo import make_demo_clip
@@ -17,16 +18,6 @@ from pipeline.run_folder import TRACKS_FILE, load_run
 from pipeline.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
-# Cheap settings (the distribution is what is tested, not the model); 2 cameras x 0.5 CPU + 1 enhancer
-# replica x 1 CPU fit the 2 CPUs of the test cluster (conftest.ray_cluster).
-FAST = ["enhance.method=bicubic", "detect.min_face_size=20", "detect.max_side=320", "output.report=true",
-        "runtime.progress=false", "cluster.camera_cpus=0.5", "cluster.enhance_cpus=1"]
-
-
-def cameras_file(tmp_path: Path, clip: Path) -> Path:
-    path = tmp_path / "cameras.yaml"
-    path.write_text(f"cameras:\n  - {{id: a, source: {clip}}}\n  - {{id: b, source: {clip}}}\n")
-    return path
 
 
 def lines(folder: Path) -> list[dict]:
@@ -34,30 +25,31 @@ def lines(folder: Path) -> list[dict]:
 
 
 def test_workers_and_the_serve_enhancer_write_what_one_process_writes(ray_cluster, tmp_path):
-    from pipeline.cluster import ClusterRunner
-
-    clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=24)
-    cameras = load_cameras(cameras_file(tmp_path, clip), FAST)
+    limit = "runtime.max_frames=20"  # of 24 frames: the limit is kept too
+    proc, out = start_cli(ray_cluster, tmp_path, 24, "--set", limit)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    cameras = load_cameras(tmp_path / "cameras.yaml", [*FAST, limit])
     one = Runner(cameras[0].config, cameras, tmp_path / "one").run()
-    summary = ClusterRunner(cameras[0].config, cameras, tmp_path / "ray").run()
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == [] and summary["faces_written"] == one["faces_written"] > 0
     for cam in ("a", "b"):
-        expected, got = lines(tmp_path / "one" / cam), lines(tmp_path / "ray" / cam)
+        expected, got = lines(tmp_path / "one" / cam), lines(out / cam)
         assert got == expected  # tracks.jsonl holds no timings: every record equal
         for rec in (r for r in expected if r["type"] == "face"):
             for key in ("image", "lr_image", "bicubic_image"):
                 a = cv2.imread(str(tmp_path / "one" / cam / rec[key])).astype(int)
-                b = cv2.imread(str(tmp_path / "ray" / cam / rec[key])).astype(int)
+                b = cv2.imread(str(out / cam / rec[key])).astype(int)
                 assert a.shape == b.shape and np.abs(a - b).max() <= 1, rec[key]
-        own, theirs = load_run(tmp_path / "ray" / cam).summary, load_run(tmp_path / "one" / cam).summary
+        own, theirs = load_run(out / cam).summary, load_run(tmp_path / "one" / cam).summary
         for key in ("state", "frames_decoded", "frames_processed", "faces_detected", "faces_aligned",
                     "faces_written", "faces_not_written", "tracks", "frames_expected", "enhance_method"):
             assert own[key] == theirs[key], key
-        assert own["worker_restarts"] == own["enhance_retries"] == 0
+        assert own["frames_processed"] == 20 and own["worker_restarts"] == own["enhance_retries"] == 0
         assert set(own["stages"]) >= {"detect", "track", "align", "select", "enhance", "sink"}
         assert own["face_latency_s"]["faces"] == own["faces_written"]
-        assert (tmp_path / "ray" / cam / "index.html").is_file()
-    assert (tmp_path / "ray" / "index.html").is_file()
+        assert (out / cam / "index.html").is_file()
+    assert (out / "index.html").is_file()
 
 
 def test_a_run_without_cluster_never_imports_ray(tmp_path):

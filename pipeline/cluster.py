@@ -308,7 +308,8 @@ class ClusterRunner(Runner):
             if n > have.get(kind, 0) + 1e-9:
                 raise ConfigError(f"the cluster has {have.get(kind, 0):g} {kind}s, the run asks for {n:g}: {why}; "
                                   "lower them or add nodes")
-        Enhancer(dataclasses.replace(self.config.enhance, device="cpu"))  # the weights load, or ConfigError
+        # the weights load, or ConfigError (on torch: an ONNX export here would only slow the start down)
+        Enhancer(dataclasses.replace(self.config.enhance, device="cpu", runtime="torch"))
 
     def _deploy(self, stack: ExitStack):
         cfg, c = self.config, self.config.cluster

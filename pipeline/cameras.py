@@ -35,7 +35,7 @@ CAMERA_ID = re.compile(r"[A-Za-z0-9_-]+")
 FILE_KEYS = ("config", "cameras")
 #: Settings every camera of a run shares: a camera section may not set them (see the module docstring).
 SHARED: dict[str, tuple[str, ...] | None] = {
-    "detect": ("threads", "batch", "device"),
+    "detect": ("threads", "workers", "batch", "device"),
     "enhance": ("threads", "device", "batch_size", "max_queries", "amp", "runtime"),
     "output": ("dir", "overwrite"),
     "runtime": None,  # the whole section

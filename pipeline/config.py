@@ -37,7 +37,12 @@ class DetectSettings(DetectorConfig):
     # between full detections (every > 1): look for the tracked faces only around where the tracker expects
     # them (MTCNNDetector.detect_around), instead of only predicting their boxes
     roi: bool = False
-    threads: int = setting(0, lo=0, hi=256)  # torch CPU threads of the thread that detects (0: torch's default)
+    threads: int = setting(0, lo=0, hi=256)  # torch CPU threads of the threads that detect, together (0: torch's default)
+    # Many cameras: threads detecting at once, each on cameras of its own at a time (0: one per core, at most one
+    # per camera). On a CPU, two threads of one torch thread each detect more frames per second than one thread
+    # of two (MTCNN's small convolutions scale badly across cores, and each thread's tracking and alignment run
+    # while the other detects). A camera's frames are always detected and tracked in order, by one thread at a time.
+    workers: int = setting(0, lo=0, hi=64)
 
     def detector(self) -> DetectorConfig:
         names = {f.name for f in dataclasses.fields(DetectorConfig)}

@@ -1,12 +1,14 @@
 """Runner: joins the stages with threads and bounded queues, and owns batching, metrics and shutdown.
 
-    source (reader thread) -> detect -> track -> align -> select   (main thread)
+    source (reader thread) -> detect -> track -> align -> select   (main thread; many cameras: more threads)
         -> enhance (enhance thread) -> disk sink + recognition     (sink thread)
 
-Many cameras (`pipeline.cameras`) run in the same threads: one reader thread per camera, and the
-main thread takes from each in turn what it has decoded (up to a detector batch: a busy camera
-cannot starve the others); frames of all cameras with the same detection settings go through the
-detector together, faces of all cameras through the enhancer together; each camera has its own
+Many cameras (`pipeline.cameras`) run in the same threads: one reader thread per camera, and
+`detect.workers` detecting threads (the main thread and helpers; one per core by default), each taking
+a share of the cameras at a time (`CameraScheduler`) and from each what it has decoded (up to a
+detector batch: a busy camera cannot starve the others); the frames a thread holds of cameras with the
+same detection settings go through the detector together, faces of all cameras through the enhancer
+together; each camera has its own
 tracker, selector, sink and counters (`CameraRun`), and writes DIR/<camera id>/. A camera whose
 source fails (never reachable, gone for good) ends alone, its summary saying why; the others go on.
 When a camera's input ends, a done marker follows its last face down the queues, and the sink then
@@ -412,6 +414,55 @@ def detect_and_process(batch: dict[CameraRun, list[Frame]], pacers: dict[int, Pa
     return chosen
 
 
+class CameraScheduler:
+    """Hands the running cameras to the threads that detect. A claim takes up to `share` cameras that no
+    other thread holds, in turn from where the last claim stopped (no camera starves), those `ready` (with
+    frames decoded) first; a camera stays held until released, so one thread at a time reads, detects and
+    tracks it, and its frames keep their order. Safe from any thread.
+
+    Example:
+        >>> s = CameraScheduler(["a", "b", "c"], share=2)
+        >>> s.claim(0), s.claim(0)
+        (['a', 'b'], ['c'])
+        >>> s.release(["a", "b"], ended=["b"]); s.claim(0), s.active
+        (['a'], ['a', 'c'])
+    """
+
+    def __init__(self, cameras: Sequence, share: int, ready: Callable[[Any], bool] = lambda cam: True) -> None:
+        self.active = list(cameras)
+        self.share, self.ready = max(1, share), ready
+        self._held: set[int] = set()  # ids: cameras need not be hashable
+        self._turn = 0
+        self._cond = threading.Condition()
+
+    def claim(self, timeout: float) -> list | None:
+        """Cameras for the calling thread; [] if every active one stays held for `timeout` s; None once
+        no camera is active (the threads then end)."""
+        with self._cond:
+            while True:
+                if not self.active:
+                    return None
+                start = self._turn % len(self.active)
+                free = [c for c in self.active[start:] + self.active[:start] if id(c) not in self._held]
+                if free:
+                    break
+                if not self._cond.wait(timeout):
+                    return []
+            free.sort(key=lambda c: not self.ready(c))  # stable: round-robin order within each group
+            picked = free[:self.share]
+            self._held.update(map(id, picked))
+            self._turn = start + len(picked)
+            return picked
+
+    def release(self, cameras: Sequence, ended: Sequence = ()) -> None:
+        """Give `cameras` back; those `ended` leave the rotation."""
+        with self._cond:
+            self._held.difference_update(map(id, cameras))
+            for cam in ended:
+                self.active.remove(cam)
+            self._cond.notify_all()
+
+
 class Runner:
     """Runs the whole pipeline on one source, or on the cameras of a cameras file, into one output
     folder; `run()` returns the summary (a multi-camera run's: the aggregate of DIR/summary.json).
@@ -433,7 +484,8 @@ class Runner:
         self.running = threading.Event()  # set once start-up is over and the stages run
         self.timer = StageTimer()  # the shared stages' calls, whole (each camera's timer has its share)
         self.cameras: dict[str, CameraRun] = {}
-        self._detect_pacers: dict[int, Pacer] = {}
+        self._report_lock = threading.Lock()
+        self._last_log = 0.0
         self._error: BaseException | None = None
         self._torch_threads = torch.get_num_threads()  # torch's own count, for the threads set to 0
 
@@ -631,49 +683,75 @@ class Runner:
             cam.open(stack, cam_folder, detectors[dkey], enhancers[ekey], strict=not self.multi)
 
     def _loop(self, to_enhance: queue.Queue, progress) -> None:
-        """Read the cameras in turn (each gives what it has decoded, up to a detector batch: a busy
-        camera cannot starve the others), detect, track, align and select, and queue the faces."""
+        """Detect, track, align and select the cameras' frames, and queue the faces: `detect.workers` threads
+        (this one and helpers), each taking a share of the cameras at a time (`CameraScheduler`)."""
         cfg = self.config
-        active = [c for c in self.cameras.values() if c.state is CameraState.RUNNING]
-        turn = 0
-        last_log = time.perf_counter()
-        while active and not self.stop.is_set():
-            order = active[turn % len(active):] + active[:turn % len(active)]
-            turn += 1
+        running = [c for c in self.cameras.values() if c.state is CameraState.RUNNING]
+        workers = max(1, min(cfg.detect.workers or os.cpu_count() or 1, len(running)))
+        # detect.threads are the detecting threads' together (torch's default: one per core)
+        threads = max(1, (cfg.detect.threads or self._torch_threads) // workers)
+        sched = CameraScheduler(running, share=-(-len(running) // workers),
+                                ready=lambda cam: cam.src.queued > 0 or not cam.src.reading)
+        self._last_log = time.perf_counter()
+        helpers = [threading.Thread(target=self._guard, args=(self._detect_loop, sched, to_enhance, progress, threads),
+                                    name=f"detect-{k}", daemon=True) for k in range(1, workers)]
+        for t in helpers:
+            t.start()
+        try:
+            self._detect_loop(sched, to_enhance, progress, threads)
+        finally:
+            for t in helpers:
+                t.join()
+        for cam in sched.active:  # stopped
+            self._put(to_enhance, cam.finish(stopped=True))
+
+    def _detect_loop(self, sched: CameraScheduler, to_enhance: queue.Queue, progress, threads: int) -> None:
+        """One detecting thread: claim cameras, take from each what it has decoded (up to a detector batch: a
+        busy camera cannot starve the others), detect them together, queue the faces, release the cameras."""
+        torch.set_num_threads(threads)
+        cfg = self.config
+        pacers: dict[int, Pacer] = {}  # this thread's call sizes (its calls run beside the other threads')
+        while not self.stop.is_set():
+            cams = sched.claim(IDLE_WAIT_S)
+            if cams is None:  # every camera has ended
+                return
             batch: dict[CameraRun, list[Frame]] = {}
             ended: list[CameraRun] = []
-            for cam in order:
-                frames = cam.read(cfg.detect.batch, 0.0)
-                if frames is None:
-                    ended.append(cam)
-                elif frames:
-                    batch[cam] = frames
-            if not batch and not ended:  # nothing decoded anywhere: wait on one camera rather than spin
-                cam = order[0]
-                frames = cam.read(cfg.detect.batch, IDLE_WAIT_S / len(active))
-                if frames is None:
-                    ended.append(cam)
-                elif frames:
-                    batch[cam] = frames
-            if batch:
-                self._put(to_enhance, detect_and_process(batch, self._detect_pacers, cfg.detect.batch,
-                                                         self.stop, self.timer))
-            for cam in batch:
-                if cfg.runtime.max_frames and cam.counts["frames_processed"] >= cfg.runtime.max_frames:
-                    ended.append(cam)
-            for cam in ended:
-                active.remove(cam)
-                self._put(to_enhance, cam.finish(stopped=False))
+            try:
+                for cam in cams:
+                    frames = cam.read(cfg.detect.batch, 0.0)
+                    if frames is None:
+                        ended.append(cam)
+                    elif frames:
+                        batch[cam] = frames
+                if cams and not batch and not ended:  # nothing decoded: wait on one camera rather than spin
+                    frames = cams[0].read(cfg.detect.batch, IDLE_WAIT_S / len(cams))
+                    if frames is None:
+                        ended.append(cams[0])
+                    elif frames:
+                        batch[cams[0]] = frames
+                if batch:
+                    self._put(to_enhance, detect_and_process(batch, pacers, cfg.detect.batch, self.stop, self.timer))
+                for cam in batch:
+                    if cfg.runtime.max_frames and cam.counts["frames_processed"] >= cfg.runtime.max_frames:
+                        ended.append(cam)
+                for cam in ended:
+                    self._put(to_enhance, cam.finish(stopped=False))
+            finally:
+                sched.release(cams, ended)
+            self._report(progress, sum(len(f) for f in batch.values()), sched)
+
+    def _report(self, progress, frames: int, sched: CameraScheduler) -> None:
+        """The progress bar (files), or every runtime.log_every s a status line per live camera."""
+        with self._report_lock:
             if progress is not None:
-                progress.update(sum(len(f) for f in batch.values()))
+                progress.update(frames)
                 progress.set_postfix(faces=sum(c.counts["faces_detected"] for c in self.cameras.values()),
                                      tracks=sum(len(c.track_ids) for c in self.cameras.values()), refresh=False)
-            elif time.perf_counter() - last_log >= cfg.runtime.log_every:
-                last_log = time.perf_counter()
-                for cam in active:
+            elif time.perf_counter() - self._last_log >= self.config.runtime.log_every:
+                self._last_log = time.perf_counter()
+                for cam in list(sched.active):
                     cam.log_live()
-        for cam in active:  # stopped
-            self._put(to_enhance, cam.finish(stopped=True))
 
     def _progress(self):
         cams = [c for c in self.cameras.values() if c.src is not None]

@@ -254,6 +254,11 @@ class VideoSource:
         """Frames decoded and not yet read."""
         return len(self._queue)
 
+    @property
+    def reading(self) -> bool:
+        """The reader is still at work (False once the input ended or failed: what is queued is all)."""
+        return self._thread.is_alive()
+
     def __iter__(self) -> Iterator[Frame]:
         while (frame := self.read()) is not None:
             yield frame

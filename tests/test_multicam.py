@@ -98,16 +98,18 @@ def face_lines(folder: Path) -> list[tuple]:
     return [(r.track_id, r.frame_index, r.method, r.crop_size) for recs in run.tracks().values() for r in recs]
 
 
-def test_cameras_share_the_stages_and_write_what_single_runs_write(clip, tmp_path):
-    """Two cameras on the same clip in one process (their frames detected and enhanced in the same
-    calls) write the same faces as a run of the clip alone; a third, missing file fails alone."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cameras_share_the_stages_and_write_what_single_runs_write(clip, tmp_path, workers):
+    """Two cameras on the same clip in one process (one detecting thread: their frames detected in the
+    same calls; two: each camera in its own thread at a time) write the same faces as a run of the clip
+    alone; a third, missing file fails alone."""
     single = Runner(load_config(None, FAST), str(clip), tmp_path / "single").run()
     expected = face_lines(tmp_path / "single")
     assert expected and single["faces_written"] == len(expected)
 
     path = write(tmp_path, f"cameras:\n  - {{id: a, source: {clip}}}\n  - {{id: b, source: {clip}}}\n"
                            f"  - {{id: gone, source: {tmp_path / 'missing.mp4'}}}\n")
-    cameras = load_cameras(path, FAST)
+    cameras = load_cameras(path, [*FAST, f"detect.workers={workers}"])
     runner = Runner(cameras[0].config, cameras, tmp_path / "multi")
     summary = runner.run()
     assert runner.failed == ["gone"] and summary["failed"] == ["gone"]
@@ -168,3 +170,55 @@ def test_metrics_endpoint_serves_the_summary_numbers_of_each_camera(clip, tmp_pa
             pytest.approx(own["stages"]["detect"]["seconds"], abs=2e-3)
     # camera b detects every 2nd frame: half the detections of a, on the same clip
     assert summary["cameras"]["b"]["frames_processed"] == summary["cameras"]["a"]["frames_processed"]
+
+
+def test_scheduler_never_gives_a_camera_to_two_threads_and_serves_every_camera():
+    """Four threads claiming and releasing five cameras as fast as they can: no camera is ever held by two
+    threads at once (its frames would be tracked out of order), and every camera is served about as often."""
+    import threading
+    import time
+
+    from pipeline.runner import CameraScheduler
+
+    cams = [f"cam{i}" for i in range(5)]
+    sched = CameraScheduler(cams, share=2)
+    held: dict[str, int] = dict.fromkeys(cams, 0)
+    served: dict[str, int] = dict.fromkeys(cams, 0)
+    clashes = []
+    lock = threading.Lock()
+    stop = time.monotonic() + 1.0
+
+    def worker():
+        while time.monotonic() < stop:
+            got = sched.claim(0.1)
+            with lock:
+                for c in got:
+                    held[c] += 1
+                    served[c] += 1
+                    if held[c] > 1:
+                        clashes.append(c)
+            time.sleep(0.001)
+            with lock:
+                for c in got:
+                    held[c] -= 1
+            sched.release(got)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not clashes
+    assert min(served.values()) > 0.5 * max(served.values()), served
+    sched.release([], ended=cams)
+    assert sched.claim(0.1) is None  # every camera ended: the threads stop
+
+
+def test_scheduler_prefers_cameras_with_frames_and_waits_while_all_are_held():
+    from pipeline.runner import CameraScheduler
+
+    ready = {"a": False, "b": True, "c": True}
+    sched = CameraScheduler(list(ready), share=2, ready=lambda c: ready[c])
+    assert sched.claim(0) == ["b", "c"]  # "a" has nothing decoded
+    assert sched.claim(0) == ["a"]
+    assert sched.claim(0.05) == []  # all held

@@ -65,6 +65,7 @@ from ray import serve
 from ray.serve.exceptions import RayServeException
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError, RayError
 
+from common import memory
 from common.redact import mask_secrets
 from pipeline.cameras import Camera
 from pipeline.config import PipelineConfig
@@ -139,6 +140,7 @@ class CameraWorker:
         cfg = camera.config
         if cfg.detect.threads:  # else Ray's own setting: as many threads as CPUs reserved
             torch.set_num_threads(cfg.detect.threads)
+        self.trimmer = memory.start_trimming()  # a worker process runs as long as its camera: RSS kept flat
         self.stack = ExitStack()
         self.cam = CameraRun(camera, Path(), time.perf_counter())
         self.cam.detector = MTCNNDetector(cfg.detect.detector())
@@ -316,6 +318,9 @@ class ClusterRunner(Runner):
         app = EnhanceService.options(
             num_replicas=c.enhance_replicas, max_ongoing_requests=2 * cfg.enhance.batch_size,
             ray_actor_options={"num_cpus": c.enhance_cpus, "num_gpus": c.enhance_gpus},
+            # deleted only once the driver has every face back: nothing in flight to wait for (Serve's
+            # defaults, 2 s loops up to 20 s, made each run's end seconds longer)
+            graceful_shutdown_wait_loop_s=0.2, graceful_shutdown_timeout_s=5.0,
         ).bind(cfg.enhance, c.batch_wait_s)
         name = f"facesr-enhance-{self.run_id}"
         serve.start(proxy_location="Disabled", logging_config=SERVE_LOGGING)  # requests from the driver only

@@ -592,8 +592,10 @@ class Runner:
         subclasses for bad input; a single-source run raises the source's error after writing what
         was read before it (a camera of a multi-camera run fails alone: see `failed`)."""
         start = time.perf_counter()
-        # torch's thread count is per thread once set: the detecting (this) thread and the enhance thread
-        # each take their own (detect.threads, enhance.threads), and this thread gets its own back at the end.
+        # The detecting (this) thread sets detect.threads and the enhance thread enhance.threads when it starts;
+        # this thread gets its own count back at the end. Caveat, measured with torch 2.13 (OpenMP): a count set
+        # in one thread also changes the others' (the last set wins), so a non-zero enhance.threads applies to
+        # detection too; ONNX Runtime's enhancer (the CPU default) has a pool of its own and is not affected.
         self._torch_threads = torch.get_num_threads()
         torch.set_num_threads(self.config.detect.threads or self._torch_threads)
         try:
@@ -688,27 +690,30 @@ class Runner:
         cfg = self.config
         running = [c for c in self.cameras.values() if c.state is CameraState.RUNNING]
         workers = max(1, min(cfg.detect.workers or os.cpu_count() or 1, len(running)))
-        # detect.threads are the detecting threads' together (torch's default: one per core)
-        threads = max(1, (cfg.detect.threads or self._torch_threads) // workers)
+        if workers > 1:
+            # detect.threads are the detecting threads' together (torch's default: one per core). torch's count
+            # is the process's (the last thread to set it sets it for all, measured): set once, here. Two
+            # threads of one torch thread each detect 1.7x the frames per second of one thread of two
+            # (BENCHMARKS.md, "Many cameras"): MTCNN's Python steps run while the other thread's convolutions do.
+            torch.set_num_threads(max(1, (cfg.detect.threads or self._torch_threads) // workers))
         sched = CameraScheduler(running, share=-(-len(running) // workers),
                                 ready=lambda cam: cam.src.queued > 0 or not cam.src.reading)
         self._last_log = time.perf_counter()
-        helpers = [threading.Thread(target=self._guard, args=(self._detect_loop, sched, to_enhance, progress, threads),
+        helpers = [threading.Thread(target=self._guard, args=(self._detect_loop, sched, to_enhance, progress),
                                     name=f"detect-{k}", daemon=True) for k in range(1, workers)]
         for t in helpers:
             t.start()
         try:
-            self._detect_loop(sched, to_enhance, progress, threads)
+            self._detect_loop(sched, to_enhance, progress)
         finally:
             for t in helpers:
                 t.join()
         for cam in sched.active:  # stopped
             self._put(to_enhance, cam.finish(stopped=True))
 
-    def _detect_loop(self, sched: CameraScheduler, to_enhance: queue.Queue, progress, threads: int) -> None:
+    def _detect_loop(self, sched: CameraScheduler, to_enhance: queue.Queue, progress) -> None:
         """One detecting thread: claim cameras, take from each what it has decoded (up to a detector batch: a
         busy camera cannot starve the others), detect them together, queue the faces, release the cameras."""
-        torch.set_num_threads(threads)
         cfg = self.config
         pacers: dict[int, Pacer] = {}  # this thread's call sizes (its calls run beside the other threads')
         while not self.stop.is_set():

@@ -724,13 +724,13 @@ class Runner:
             ended: list[CameraRun] = []
             try:
                 for cam in cams:
-                    frames = cam.read(cfg.detect.batch, 0.0)
+                    frames = cam.read(self._most(cam), 0.0)
                     if frames is None:
                         ended.append(cam)
                     elif frames:
                         batch[cam] = frames
                 if cams and not batch and not ended:  # nothing decoded: wait on one camera rather than spin
-                    frames = cams[0].read(cfg.detect.batch, IDLE_WAIT_S / len(cams))
+                    frames = cams[0].read(self._most(cams[0]), IDLE_WAIT_S / len(cams))
                     if frames is None:
                         ended.append(cams[0])
                     elif frames:
@@ -745,6 +745,13 @@ class Runner:
             finally:
                 sched.release(cams, ended)
             self._report(progress, sum(len(f) for f in batch.values()), sched)
+
+    def _most(self, cam: CameraRun) -> int:
+        """Frames to take from `cam` now: a detector batch, and no more than runtime.max_frames leaves."""
+        cfg = self.config
+        if not cfg.runtime.max_frames:
+            return cfg.detect.batch
+        return max(1, min(cfg.detect.batch, cfg.runtime.max_frames - cam.counts["frames_processed"]))
 
     def _report(self, progress, frames: int, sched: CameraScheduler) -> None:
         """The progress bar (files), or every runtime.log_every s a status line per live camera."""

@@ -329,6 +329,13 @@ def test_cli_bad_input_gives_one_line_error(args, message, tmp_path):
     assert "Traceback" not in res.stderr
 
 
+def test_max_frames_is_kept_exactly_whatever_the_detector_batch(tmp_path, demo_clip):
+    """runtime.max_frames = 6 with batches of 4 frames: 6 frames, not the 8 of two whole batches."""
+    cfg = load_config(None, ["runtime.progress=false", "enhance.method=bicubic", "runtime.max_frames=6",
+                             "detect.batch=4"])
+    assert Runner(cfg, str(demo_clip), tmp_path / "run").run()["frames_processed"] == 6
+
+
 def test_cli_refuses_to_overwrite_a_previous_run(tmp_path, demo_clip):
     out = tmp_path / "o"
     assert run_cli("--source", str(demo_clip), "--out", str(out), "-q", "--set", "runtime.max_frames=4").returncode == 0

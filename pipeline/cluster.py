@@ -396,10 +396,9 @@ class ClusterRunner(Runner):
 
     def _next_call(self, cam: CameraRun, worker):
         """The camera's next step, or its end once it has processed runtime.max_frames frames."""
-        max_frames = self.config.runtime.max_frames
-        if not max_frames:
+        left = cam.frames_left
+        if left is None:
             return worker.step.remote()
-        left = max_frames - cam.counts["frames_processed"]
         return worker.step.remote(left) if left > 0 else worker.finish.remote(False)
 
     def _absorb(self, cam: CameraRun, step: Step) -> None:

@@ -251,6 +251,12 @@ class CameraRun:
         return frames or None
 
     @property
+    def frames_left(self) -> int | None:
+        """Frames this camera may still process under runtime.max_frames; None without a limit."""
+        most = self.config.runtime.max_frames
+        return max(0, most - self.counts["frames_processed"]) if most else None
+
+    @property
     def detect_every(self) -> int:
         return 1 if self.photos else self.config.detect.every  # no photo is skipped
 
@@ -737,9 +743,7 @@ class Runner:
                         batch[cams[0]] = frames
                 if batch:
                     self._put(to_enhance, detect_and_process(batch, pacers, cfg.detect.batch, self.stop, self.timer))
-                for cam in batch:
-                    if cfg.runtime.max_frames and cam.counts["frames_processed"] >= cfg.runtime.max_frames:
-                        ended.append(cam)
+                ended += [cam for cam in batch if cam.frames_left == 0]
                 for cam in ended:
                     self._put(to_enhance, cam.finish(stopped=False))
             finally:
@@ -748,10 +752,8 @@ class Runner:
 
     def _most(self, cam: CameraRun) -> int:
         """Frames to take from `cam` now: a detector batch, and no more than runtime.max_frames leaves."""
-        cfg = self.config
-        if not cfg.runtime.max_frames:
-            return cfg.detect.batch
-        return max(1, min(cfg.detect.batch, cfg.runtime.max_frames - cam.counts["frames_processed"]))
+        left = cam.frames_left
+        return self.config.detect.batch if left is None else max(1, min(self.config.detect.batch, left))
 
     def _report(self, progress, frames: int, sched: CameraScheduler) -> None:
         """The progress bar (files), or every runtime.log_every s a status line per live camera."""

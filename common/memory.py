@@ -8,7 +8,7 @@ flat (BENCHMARKS.md, "Soak"). `malloc_trim(0)` returns the free pages of every a
 Why not fixed malloc thresholds (`mallopt` M_MMAP_THRESHOLD / M_TRIM_THRESHOLD, what this module did at
 first): they keep RSS flat by making every large block its own mapping, mapped, page-faulted and zeroed
 again on every frame, and fixing either one turns off glibc's adaptive threshold. That made MTCNN 2.7x
-slower on 360p frames (0.075 -> 0.20 s a frame, BENCHMARKS.md "Allocator"). One trim every few seconds
+slower on 360p frames (0.075 -> 0.20 s a frame, BENCHMARKS.md "Allocator, revisited"). One trim every few seconds
 costs a few hundredths of a second (the next frame faults its working set in again).
 
 Example:

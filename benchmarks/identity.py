@@ -67,6 +67,7 @@ from models.camera import CameraModel  # noqa: E402
 from models.data import resize  # noqa: E402
 from pipeline.errors import ConfigError, PipelineError, SinkError, SourceError  # noqa: E402
 from pipeline.files import is_image_file  # noqa: E402
+from pipeline.records import Frame  # noqa: E402
 from trackers.sort import iou_matrix  # noqa: E402
 
 log = logging.getLogger("benchmarks.identity")
@@ -258,19 +259,20 @@ def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector
     from pipeline.align import UnalignableFaceError, align_face
 
     small, expected = shrink_to_face_width(photo_bgr, box, cell.width)
-    frame = cell.camera(small, probe_rng(name, cell.name, seed))
-    faces = detector.detect([frame])[0]
+    image, blocks = cell.camera.degrade(small, probe_rng(name, cell.name, seed))
+    frame = Frame(index=0, pts_time=None, image=image, qp=blocks)  # the QP map as a stream's decoder gives it
+    faces = detector.detect([image])[0]
     overlaps = iou_matrix(np.array([f.box for f in faces]).reshape(-1, 4), expected[None]).ravel().tolist()
     best = int(np.argmax(overlaps)) if overlaps else -1
     if best < 0 or overlaps[best] <= IOU_FOUND:
-        return Probe(name, cell.name, frame.shape[:2], None, max(overlaps, default=0.0), None)
+        return Probe(name, cell.name, image.shape[:2], None, max(overlaps, default=0.0), None)
     det = faces[best]
     try:
         face = align_face(frame, det, track_id=0, frame_index=0, min_size=align_min_size)
     except UnalignableFaceError as exc:
         log.debug("%s %s: detected but not alignable: %s", name, cell.name, exc)
         face = None
-    return Probe(name, cell.name, frame.shape[:2], face, overlaps[best], float(det.score))
+    return Probe(name, cell.name, image.shape[:2], face, overlaps[best], float(det.score))
 
 
 # --- methods -----------------------------------------------------------------------------------
@@ -283,6 +285,7 @@ class Method:
     name: str
     method: str  # "bicubic" | "arasfsr"
     weights: str | None = None
+    options: tuple = ()  # (key, value) pairs of the enhance section, e.g. (("compression_aware", False),)
 
 
 def _resolve_weights(path: str) -> Path:
@@ -294,8 +297,23 @@ def _resolve_weights(path: str) -> Path:
     return p
 
 
+def _parse_options(entry: str, text: str) -> tuple:
+    """'key=value,key=value' (values as YAML) -> ((key, value), ...)."""
+    import yaml
+
+    options = []
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"bad --weights entry {entry!r}: expected PATH@key=value[,key=value]")
+        options.append((key.strip(), yaml.safe_load(value)))
+    return tuple(options)
+
+
 def parse_methods(entries: Sequence[str] | None) -> list[Method]:
-    """'bicubic', 'path.safetensors' (name: the file's stem) or 'NAME=path.safetensors'.
+    """'bicubic', 'path.safetensors' (name: the file's stem) or 'NAME=path.safetensors', each model
+    optionally followed by '@key=value[,key=value]' enhance settings for its row (e.g.
+    'plain=models/weights/arasfsr_paper.safetensors@compression_aware=false').
     None: bicubic + every models/weights/*.safetensors."""
     if entries is None:
         entries = ["bicubic"] + [str(p.relative_to(ROOT)) for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))]
@@ -305,13 +323,14 @@ def parse_methods(entries: Sequence[str] | None) -> list[Method]:
         if entry.lower() == "bicubic":
             m = Method("bicubic", "bicubic")
         else:
-            name, sep, path = entry.partition("=")
+            spec, at, settings = entry.rpartition("@") if "=" in entry.rpartition("@")[2] else (entry, "", "")
+            name, sep, path = spec.partition("=")
             if not sep:
-                name, path = Path(entry).stem, entry
+                name, path = Path(spec).stem, spec
             if not name or not path:
                 raise ConfigError(f"bad --weights entry {entry!r}: expected bicubic, PATH or NAME=PATH")
             _resolve_weights(path)
-            m = Method(name, "arasfsr", path)
+            m = Method(name, "arasfsr", path, _parse_options(entry, settings) if at else ())
         if any(x.name == m.name for x in methods):
             raise ConfigError(f"--weights: two rows are named {m.name!r}; use NAME=PATH")
         methods.append(m)
@@ -323,9 +342,12 @@ def parse_methods(entries: Sequence[str] | None) -> list[Method]:
 def make_enhancer(method: Method, output_size: int, device: str = "cpu"):
     from pipeline.enhance import Enhancer, EnhancerConfig
 
+    from common.config import build
+
     weights = str(_resolve_weights(method.weights)) if method.weights else EnhancerConfig.weights
-    return Enhancer(EnhancerConfig(method=method.method, weights=weights, output_size=output_size,
-                                   device=device))
+    settings = {"method": method.method, "weights": weights, "output_size": output_size, "device": device,
+                **dict(method.options)}
+    return Enhancer(build(EnhancerConfig, settings, where=f"--weights {method.name}"))
 
 
 def detector_settings(overrides: Iterable[str] = ()):

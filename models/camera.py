@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from common.qp import DECODER_OPTIONS, QPMap, qp_map
+
 _PART = re.compile(r"^(?:(clean)|noise(\d+(?:\.\d+)?)|jpeg(\d+)|h264crf(\d+))$")
 
 
@@ -52,6 +54,11 @@ def h264(bgr: np.ndarray, crf: int) -> np.ndarray:
     yuv420p needs even sides: odd frames are padded by edge replication for the encoder and the
     padding is cut off again. The intra frame is what a camera sends at every key frame, and what
     a static scene's later frames copy."""
+    return h264_with_qp(bgr, crf)[0]
+
+
+def h264_with_qp(bgr: np.ndarray, crf: int) -> tuple[np.ndarray, QPMap | None]:
+    """`h264`, and the decoded frame's QP map (common.qp), as the pipeline's source reads it from a stream."""
     import av  # PyAV: a dependency of the pipeline's source stage anyway
 
     h, w = bgr.shape[:2]
@@ -63,10 +70,11 @@ def h264(bgr: np.ndarray, crf: int) -> np.ndarray:
     packets = list(codec.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="bgr24")))
     packets += list(codec.encode(None))
     decoder = av.CodecContext.create("h264", "r")
+    decoder.options = dict(DECODER_OPTIONS)
     frames = [f for p in packets for f in decoder.decode(p)] + list(decoder.decode(None))
     if not frames:
         raise RuntimeError("H.264 round trip produced no frame")
-    return np.ascontiguousarray(frames[0].to_ndarray(format="bgr24")[:h, :w])
+    return np.ascontiguousarray(frames[0].to_ndarray(format="bgr24")[:h, :w]), qp_map(frames[0])
 
 
 @dataclass(frozen=True)
@@ -112,9 +120,15 @@ class CameraModel:
         return "+".join(parts) or "clean"
 
     def __call__(self, bgr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.degrade(bgr, rng)[0]
+
+    def degrade(self, bgr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, QPMap | None]:
+        """The degraded frame, and its QP map when the camera encodes H.264 (else None), as a decoder
+        of the camera's stream would see it."""
         img = add_noise(bgr, self.noise, rng) if self.noise else bgr
+        blocks = None
         if self.jpeg_quality is not None:
             img = jpeg(img, self.jpeg_quality)
         if self.h264_crf is not None:
-            img = h264(img, self.h264_crf)
-        return img if img is not bgr else bgr.copy()
+            img, blocks = h264_with_qp(img, self.h264_crf)
+        return (img if img is not bgr else bgr.copy()), blocks

@@ -176,15 +176,16 @@ def align_face(frame: np.ndarray | Frame, detection: Detection, track_id: int, f
                max_size: int | None = None) -> AlignedFace:
     """Cut the canonical crop of one detected face at its native resolution.
 
-    `frame` is an H x W x 3 image or a Frame (then its pts_time is used when none is given, and its
-    source_file and decoded_at are kept).
+    `frame` is an H x W x 3 image or a Frame (then its pts_time is used when none is given, its
+    source_file and decoded_at are kept, and the face's QP is read from its QP map).
     The crop side is round(native size) clamped to [min_size, max_size]; the returned
     `transform` maps frame pixels to crop pixels. Raises UnalignableFaceError (ValueError).
     """
-    source_file = decoded_at = None
+    source_file = decoded_at = qp = None
     if isinstance(frame, Frame):
         pts_time = frame.pts_time if pts_time is None else pts_time
         source_file, decoded_at = frame.source_file, frame.decoded_at
+        qp = frame.qp.at(detection.box) if frame.qp is not None else None
         frame = frame.image
     if min_size < 1 or (max_size is not None and max_size < min_size):
         raise ValueError(f"bad crop size limits: min_size={min_size}, max_size={max_size}")
@@ -204,7 +205,7 @@ def align_face(frame: np.ndarray | Frame, detection: Detection, track_id: int, f
                               borderMode=cv2.BORDER_REPLICATE)
     return AlignedFace(track_id=track_id, frame_index=frame_index, crop=crop, transform=m,
                        crop_size=n, quality=face_quality(crop, detection), detection=detection,
-                       pts_time=pts_time, source_file=source_file, decoded_at=decoded_at)
+                       pts_time=pts_time, source_file=source_file, decoded_at=decoded_at, qp=qp)
 
 
 def recognizer_window(output_size: int, recognizer: str = "arcface112") -> np.ndarray:

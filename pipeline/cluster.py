@@ -92,6 +92,10 @@ SERVE_LOGGING = {"log_level": "WARNING"}  # not a line per request
 DRAIN_S = 3.0
 
 
+#: The enhancer's answer per face: image, scale, method, strength, fell back to bicubic, seconds (its share).
+Answer = tuple[np.ndarray, float, str, "float | None", bool, float]
+
+
 # -- the worker side ------------------------------------------------------------------------------
 @dataclass
 class SourceView:
@@ -226,11 +230,11 @@ class EnhanceService:
         self.__call__.set_batch_wait_timeout_s(batch_wait_s)
 
     @serve.batch
-    async def __call__(self, faces: list[AlignedFace]) -> list[tuple[np.ndarray, float, str, float]]:
+    async def __call__(self, faces: list[AlignedFace]) -> list[Answer]:
         # In a thread: the replica's event loop keeps taking requests (the next batch) meanwhile.
         return await asyncio.to_thread(self._enhance, faces)
 
-    def _enhance(self, faces: list[AlignedFace]) -> list[tuple[np.ndarray, float, str, float]]:
+    def _enhance(self, faces: list[AlignedFace]) -> list[Answer]:
         if self.threads:
             torch.set_num_threads(self.threads)
         for face in faces:
@@ -238,7 +242,8 @@ class EnhanceService:
         t0 = time.perf_counter()
         out = self.enhancer(faces)
         share = (time.perf_counter() - t0) / len(faces)
-        return [(e.sr, e.scale, e.method, share) for e in out]
+        # fell back: a model face written with bicubic (its output was not finite)
+        return [(e.sr, e.scale, e.method, e.strength, e.method != self.enhancer.name, share) for e in out]
 
 
 # -- the driver -----------------------------------------------------------------------------------
@@ -481,7 +486,7 @@ class ClusterRunner(Runner):
         retries = 0
         while response is not None:
             try:
-                sr, scale, method, seconds = response.result(timeout_s=IDLE_WAIT_S)
+                sr, scale, method, strength, fell_back, seconds = response.result(timeout_s=IDLE_WAIT_S)
             except TimeoutError:
                 if self._drain_until is not None and time.monotonic() > self._drain_until:
                     return None
@@ -500,6 +505,6 @@ class ClusterRunner(Runner):
                 continue
             cam.timer.add("enhance", seconds, 1)
             self.timer.add("enhance", seconds, 1)
-            cam.fallbacks += method != cam.config.enhance.method
-            return EnhancedFace(face=face, sr=sr, scale=scale, method=method)
+            cam.fallbacks += fell_back
+            return EnhancedFace(face=face, sr=sr, scale=scale, method=method, strength=strength)
         return None

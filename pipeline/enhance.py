@@ -44,15 +44,47 @@ class EnhancerConfig:
     # Where the model runs: onnxruntime is 2-4x torch's faces/s on a CPU (BENCHMARKS.md, "CPU runtimes");
     # auto = onnxruntime when the device is the CPU and the package is installed, else torch.
     runtime: str = setting("auto", choices=RUNTIMES)
+    # The share of the model's detail added over bicubic: 1 the model's output, 0 bicubic (no model run).
+    strength: float = setting(1.0, lo=0.0, hi=1.0)
+    # Lower the strength on faces from heavily quantised H.264 blocks (`strength_for`), where the model's
+    # sharpening of codec artefacts costs a recognizer accuracy (BENCHMARKS.md, "Strength by compression").
+    compression_aware: bool = True
 
     def __post_init__(self) -> None:
         validate(self)
+
+
+#: strength_for: full strength up to QP_FULL, falling linearly to LOW_STRENGTH at QP_LOW and above. Chosen on
+#: the identity benchmark's tuning pairs (seed 1) and checked on its reported pairs (seed 0): CRF 30 blocks
+#: (QP 30-34) did best at 0.5-0.75, CRF 36 blocks (QP 36-40) at 0-0.25 (BENCHMARKS.md, "Strength by compression").
+QP_FULL, QP_LOW, LOW_STRENGTH = 28.0, 37.0, 0.25
+
+
+def strength_for(qp: float | None, strength: float = 1.0, compression_aware: bool = True) -> float:
+    """The share of the model's detail to add over bicubic for a face whose blocks were quantised at `qp`
+    (None: unknown, e.g. not H.264): `strength`, lowered on coarse quantisers when `compression_aware`.
+
+    Example:
+        >>> strength_for(None), strength_for(26), strength_for(32.5), strength_for(40), strength_for(40, 0.5)
+        (1.0, 1.0, 0.625, 0.25, 0.125)
+    """
+    if qp is None or not compression_aware:
+        return strength
+    coarse = min(1.0, max(0.0, (qp - QP_FULL) / (QP_LOW - QP_FULL)))
+    return strength * (1.0 - coarse * (1.0 - LOW_STRENGTH))
 
 
 def bicubic(crop: np.ndarray, size: int) -> np.ndarray:
     """The project's one bicubic baseline, uint8 in and out: the evaluation protocol's antialiased
     bicubic (`models.data.resize`), so the product, the report and evaluate.py's Bicubic row agree."""
     return resize(crop, size, "bicubic")
+
+
+def blend(base: np.ndarray, detail: np.ndarray, strength: float) -> np.ndarray:
+    """`base` + strength x (`detail` - `base`), uint8: the model's output (`detail`) with only a share of
+    what it adds over bicubic (`base`)."""
+    mixed = base.astype(np.float32) + np.float32(strength) * (detail.astype(np.float32) - base)
+    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
 class Enhancer:
@@ -68,7 +100,7 @@ class Enhancer:
         self.config = config or EnhancerConfig()
         self.model = None
         self.fallbacks = 0  # faces written with bicubic because the model's output was not finite
-        if self.config.method == "arasfsr":
+        if self.config.method == "arasfsr" and self.config.strength > 0:  # strength 0 is bicubic
             path = Path(self.config.weights)
             if not path.is_absolute() and not path.exists():
                 path = ROOT / path  # relative to the project, so the CLI works from any directory
@@ -118,7 +150,8 @@ class Enhancer:
 
     @property
     def name(self) -> str:
-        return self.config.method
+        """The method faces get: "arasfsr", or "bicubic" (method bicubic, or strength 0)."""
+        return "bicubic" if self.model is None else "arasfsr"
 
     def uses_model(self, face: AlignedFace) -> bool:
         """Whether `face` goes through the model (the costly part); a crop at least as large as the
@@ -127,10 +160,15 @@ class Enhancer:
         size = self.config.output_size
         return self.model is not None and not (h >= size and w >= size)
 
+    def strength(self, face: AlignedFace) -> float:
+        """The share of the model's detail `face` gets (see `strength_for`)."""
+        return strength_for(face.qp, self.config.strength, self.config.compression_aware)
+
     def __call__(self, faces: Sequence[AlignedFace]) -> list[EnhancedFace]:
         size = self.config.output_size
         out: list[np.ndarray | None] = [None] * len(faces)
         method = [self.name] * len(faces)
+        strength: list[float | None] = [None] * len(faces)
         indices = []
         for i, face in enumerate(faces):
             if self.uses_model(face):
@@ -144,9 +182,13 @@ class Enhancer:
                 if sr is None:
                     sr, method[i] = bicubic(faces[i].crop, size), "bicubic"
                     self._fell_back(faces[i])
+                else:
+                    strength[i] = self.strength(faces[i])
+                    if strength[i] < 1.0:
+                        sr = blend(bicubic(faces[i].crop, size), sr, strength[i])
                 out[i] = sr
-        return [EnhancedFace(face=f, sr=sr, scale=size / max(f.crop.shape[:2]), method=m)
-                for f, sr, m in zip(faces, out, method)]
+        return [EnhancedFace(face=f, sr=sr, scale=size / max(f.crop.shape[:2]), method=m, strength=a)
+                for f, sr, m, a in zip(faces, out, method, strength)]
 
     def _upscale(self, crops: list[np.ndarray]) -> list[np.ndarray | None]:
         """BGR uint8 crops of any sizes -> S x S x 3 BGR uint8 each through the model (None where the

@@ -4,6 +4,8 @@ Each stage takes the previous stage's records and returns its own; all image dat
 
 Example:
     >>> import numpy as np
+
+from common.qp import QPMap
     >>> f = Frame(index=0, pts_time=0.0, image=np.zeros((4, 4, 3), np.uint8), source_id="demo")
     >>> f.image.shape
     (4, 4, 3)
@@ -21,7 +23,8 @@ class Frame:
     """One decoded frame. `image` is H x W x 3 uint8 BGR; `pts_time` may be None (first RTSP frame);
     `source_file`: the image's file name for a folder source (None for videos and cameras);
     `decoded_at`: wall-clock time (time.time()) it was decoded: a face's end-to-end latency starts
-    there, also when the face is written by another process (pipeline.cluster)."""
+    there, also when the face is written by another process (pipeline.cluster); `qp`: the H.264
+    quantiser of each block (common.qp; None for other codecs and images)."""
 
     index: int
     pts_time: float | None
@@ -29,6 +32,7 @@ class Frame:
     source_id: str = ""
     source_file: str | None = None
     decoded_at: float | None = None
+    qp: QPMap | None = None
 
 
 @dataclass
@@ -98,7 +102,8 @@ class TrackEnd:
 class AlignedFace:
     """An aligned LR face in canonical framing at its native resolution.
 
-    `transform` is the 2 x 3 similarity matrix mapping frame pixels to crop pixels."""
+    `transform` is the 2 x 3 similarity matrix mapping frame pixels to crop pixels; `qp`: the median
+    H.264 quantiser of the frame's blocks under the face (None when the frame has no QP map)."""
 
     track_id: int
     frame_index: int
@@ -111,14 +116,17 @@ class AlignedFace:
     source_file: str | None = None  # the Frame's
     decoded_at: float | None = None  # the Frame's
     camera: str = ""  # the camera's id in a multi-camera run (pipeline.cameras); "" for a single source
+    qp: float | None = None
 
 
 @dataclass
 class EnhancedFace:
-    """An aligned face plus its super-resolved image at the configured output size."""
+    """An aligned face plus its super-resolved image at the configured output size. `strength`: the
+    share of the model's detail added over bicubic (pipeline.enhance; None when no model ran)."""
 
     face: AlignedFace
     sr: np.ndarray  # S x S x 3 uint8 BGR
     scale: float
     method: str = "arasfsr"
+    strength: float | None = None
     extras: dict = field(default_factory=dict)

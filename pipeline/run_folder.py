@@ -108,6 +108,8 @@ TRACK_RECORD_SCHEMA: dict = {
         "method": {"type": "string", "minLength": 1},
         "source_file": {"type": ["string", "null"]},
         "camera": {"type": ["string", "null"]},
+        "qp": {"type": ["number", "null"], "minimum": 0},
+        "strength": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     },
 }
 
@@ -254,6 +256,8 @@ class FaceRecord(_Line):
     method: str
     source_file: str | None = None  # the image's file name when the source is a folder of images
     camera: str | None = None  # the camera's id in a multi-camera run, None for a single source
+    qp: float | None = None  # the H.264 quantiser of the face's blocks (common.qp); None: unknown
+    strength: float | None = None  # the share of the model's detail over bicubic; None: no model ran
 
     @classmethod
     def of(cls, face: EnhancedFace, output_size: int, pts_time: float | None, comparison: bool) -> FaceRecord:
@@ -267,7 +271,7 @@ class FaceRecord(_Line):
             det_score=_num(a.detection.score, 4), crop_size=int(a.crop_size), scale=_num(face.scale, 4),
             output_size=int(output_size), image=image, lr_image=lr_image if comparison else None,
             bicubic_image=bicubic_image if comparison else None, quality=_num(a.quality, 4), method=face.method,
-            source_file=a.source_file, camera=a.camera or None)
+            source_file=a.source_file, camera=a.camera or None, qp=_num(a.qp, 2), strength=_num(face.strength, 3))
 
 
 @dataclass

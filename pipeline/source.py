@@ -42,6 +42,7 @@ import av
 import cv2
 import numpy as np
 
+from common import qp
 from common.config import setting, validate
 from common.redact import mask_secrets
 from pipeline.errors import SourceError
@@ -246,7 +247,7 @@ class VideoSource:
             return None
         self.stats.delivered += 1
         if isinstance(item.image, av.VideoFrame):  # a live frame, converted only now that it is read
-            item.image = self._upright(item.image)
+            item.image, item.qp = self._upright(item.image)
         return item  # type: ignore[return-value]
 
     @property
@@ -355,6 +356,7 @@ class VideoSource:
         stream = container.streams.video[0]
         # Frame threads speed up files; live streams keep slice threads (frame threads add latency).
         stream.thread_type = "SLICE" if self.is_live else "AUTO"
+        stream.codec_context.options = dict(qp.DECODER_OPTIONS)  # each frame's H.264 quantiser: common/qp.py
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.frame_count = None if self.is_live else (stream.frames or _frames_from_duration(container, stream,
@@ -379,9 +381,10 @@ class VideoSource:
         finally:
             self._queue.finish()
 
-    def _emit(self, image: np.ndarray | av.VideoFrame, pts_time: float | None, source_file: str | None = None) -> bool:
+    def _emit(self, image: np.ndarray | av.VideoFrame, pts_time: float | None, source_file: str | None = None,
+              qp_map: qp.QPMap | None = None) -> bool:
         frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name,
-                      source_file=source_file, decoded_at=time.time())
+                      source_file=source_file, decoded_at=time.time(), qp=qp_map)
         self.stats.decoded += 1
         ok = self._queue.put(frame)
         self.stats.dropped = self._queue.dropped
@@ -456,15 +459,18 @@ class VideoSource:
                         "covers only the frames decoded", self.name, decoded, expected if expected else "?",
                         f" ({problem})" if problem else "")
 
-    def _upright(self, frame: av.VideoFrame) -> np.ndarray:
-        """The frame as players show it: phones store video sideways with a display-matrix rotation
-        (counter-clockwise degrees); the detector needs faces upright. Flips in the matrix are ignored."""
-        image = frame.to_ndarray(format="bgr24")
+    def _upright(self, frame: av.VideoFrame) -> tuple[np.ndarray, qp.QPMap | None]:
+        """The frame as players show it, and its QP map turned alike: phones store video sideways with a
+        display-matrix rotation (counter-clockwise degrees); the detector needs faces upright. Flips in
+        the matrix are ignored."""
+        image, blocks = frame.to_ndarray(format="bgr24"), qp.qp_map(frame)
         turns = round(frame.rotation / 90) % 4
         if turns and turns != self._rotation_seen:
             self._rotation_seen = turns
             log.info("%s: rotation tag of %d degrees: frames are turned upright", self.name, frame.rotation)
-        return cv2.rotate(image, _ROTATE[turns]) if turns else image
+        if not turns:
+            return image, blocks
+        return cv2.rotate(image, _ROTATE[turns]), blocks.rotated(turns) if blocks is not None else None
 
     def _decode(self, container: av.container.InputContainer) -> str | None:
         """Decode until the end of the stream, a read error or stop(); returns the problem, if any."""
@@ -481,7 +487,12 @@ class VideoSource:
                 for frame in frames:
                     # Live: BGR conversion (a quarter of a reader's time) waits for read(), so frames
                     # dropped because the consumer lags are never converted. Files: here, in this thread.
-                    if not self._emit(frame if self.is_live else self._upright(frame), frame.time):
+                    if self.is_live:
+                        emitted = self._emit(frame, frame.time)
+                    else:
+                        image, blocks = self._upright(frame)
+                        emitted = self._emit(image, frame.time, qp_map=blocks)
+                    if not emitted:
                         return None
         except av.error.ExitError:  # PyAV's read timeout fired
             return f"no data for {self.config.read_timeout:g} s"

@@ -323,7 +323,9 @@ def parse_methods(entries: Sequence[str] | None) -> list[Method]:
         if entry.lower() == "bicubic":
             m = Method("bicubic", "bicubic")
         else:
-            spec, at, settings = entry.rpartition("@") if "=" in entry.rpartition("@")[2] else (entry, "", "")
+            spec, at, settings = entry.rpartition("@")
+            if not at or "=" not in settings:  # no '@key=value' part: the whole entry is the row
+                spec, at, settings = entry, "", ""
             name, sep, path = spec.partition("=")
             if not sep:
                 name, path = Path(spec).stem, spec

@@ -200,6 +200,11 @@ def test_parse_methods(tmp_path: Path) -> None:
     assert default[0].name == "bicubic"
     assert {m.weights for m in default[1:]} == {f"models/weights/{p.name}"
                                                for p in (ROOT / "models/weights").glob("*.safetensors")}
+    tuned = identity.parse_methods([f"half={w}@strength=0.5,compression_aware=false"])[0]
+    assert (tuned.name, tuned.weights, tuned.options) == ("half", str(w), (("strength", 0.5),
+                                                                             ("compression_aware", False)))
+    with pytest.raises(ConfigError, match="key=value"):
+        identity.parse_methods([f"{w}@strength=0.5,oops"])
     with pytest.raises(ConfigError, match="not found"):
         identity.parse_methods([str(tmp_path / "missing.safetensors")])
     with pytest.raises(ConfigError, match="named"):

@@ -1,13 +1,14 @@
 """How hard the camera's H.264 encoder quantised each block of a frame: its QP, from the decoder.
 
 Why: a super-resolution model sharpens what it is given; on heavily quantised blocks it sharpens the
-codec's artefacts too, and a recognizer then does worse than on bicubic (BENCHMARKS.md, "Strength
-by compression"). The encoder wrote the quantiser of every 16 x 16 macroblock into the stream, and
+codec's artefacts too, and a recognizer then does worse than on bicubic (models/weights/README.md,
+"Strength by compression"). The encoder wrote the quantiser of every 16 x 16 macroblock into the stream, and
 FFmpeg's H.264 decoder hands it back exactly and at no cost when asked (`DECODER_OPTIONS`, the
 AV_FRAME_DATA_VIDEO_ENC_PARAMS side data): no estimate from pixels needed.
 
-Only H.264 is read (0-51; lower is finer; P and B frames shifted to the intra scale): other codecs' scales differ (VP9's q index is 0-255,
-MPEG-2's 1-31), and a frame without the side data (JPEG, images, other codecs) has no map.
+Only H.264 is read (0-51; lower is finer; P and B frames shifted to the intra scale): other codecs'
+scales differ (VP9's q index is 0-255, MPEG-2's 1-31), and a frame without the side data (JPEG,
+images, other codecs) has no map.
 
 Example:
     >>> grid = QPMap(np.array([[30, 30], [36, 40]], np.int16), block=16)

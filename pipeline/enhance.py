@@ -47,7 +47,8 @@ class EnhancerConfig:
     # The share of the model's detail added over bicubic: 1 the model's output, 0 bicubic (no model run).
     strength: float = setting(1.0, lo=0.0, hi=1.0)
     # Lower the strength on faces from heavily quantised H.264 blocks (`strength_for`), where the model's
-    # sharpening of codec artefacts costs a recognizer accuracy (BENCHMARKS.md, "Strength by compression").
+    # sharpening of codec artefacts costs a recognizer accuracy (models/weights/README.md, "Strength by
+    # compression").
     compression_aware: bool = True
 
     def __post_init__(self) -> None:
@@ -56,7 +57,8 @@ class EnhancerConfig:
 
 #: strength_for: full strength up to QP_FULL, falling linearly to LOW_STRENGTH at QP_LOW and above. Chosen on
 #: the identity benchmark's tuning pairs (seed 1) and checked on its reported pairs (seed 0): CRF 30 blocks
-#: (QP 30-34) did best at 0.5-0.75, CRF 36 blocks (QP 36-40) at 0-0.25 (BENCHMARKS.md, "Strength by compression").
+#: (QP 30-34) did best at 0.5-0.75, CRF 36 blocks (QP 36-40) at 0-0.25 (models/weights/README.md, "Strength
+#: by compression").
 QP_FULL, QP_LOW, LOW_STRENGTH = 28.0, 37.0, 0.25
 
 

@@ -27,6 +27,19 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small untrained ARASFSR checkpoint (seeded): the enhance stage's model path in seconds."""
+    import torch
+
+    from models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model({"encoder": {"name": "edsr", "n_resblocks": 1, "n_feats": 8}, "decoder": {"hidden": 16},
+                         "local_frequency": {"latent": 4, "width": 8}})
+    return save_checkpoint(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
 def long_face_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo face in every one of LONG_CLIP_FRAMES frames: a run that enhances it with ARASFSR on a
     CPU lasts a minute and more, long enough to act on it while it goes (signals, a second run)."""

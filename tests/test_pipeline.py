@@ -13,7 +13,6 @@ import pytest
 import torch
 import yaml
 
-from models import build_model, save_checkpoint
 from pipeline.config import load_config, valid_keys
 from pipeline.demo import demo_frames, make_demo_clip
 from pipeline.enhance import Enhancer, EnhancerConfig
@@ -109,14 +108,6 @@ def test_select_best_n_is_emitted_when_the_track_ends():
 
 
 # -- enhance --------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model({"encoder": {"name": "edsr", "n_resblocks": 1, "n_feats": 8}, "decoder": {"hidden": 16},
-                         "local_frequency": {"latent": 4, "width": 8}})
-    return save_checkpoint(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
-
-
 @pytest.mark.parametrize("method", ["bicubic", "arasfsr"])
 @pytest.mark.parametrize("output_size", [112, 150, 160])
 def test_enhance_any_crop_size_to_the_output_size(method, output_size, tiny_weights):

@@ -8,12 +8,10 @@ import av
 import cv2
 import numpy as np
 import pytest
-import torch
 from skimage import data as skdata
 
 from common.config import build
 from common.qp import DECODER_OPTIONS, QPMap, qp_map
-from models import build_model, save_checkpoint
 from models.camera import CameraModel
 from pipeline.align import align_face
 from pipeline.enhance import LOW_STRENGTH, QP_FULL, QP_LOW, Enhancer, EnhancerConfig, bicubic, blend, strength_for
@@ -128,14 +126,6 @@ def test_blend_is_bicubic_plus_a_share_of_the_models_detail():
     detail = np.full((4, 4, 3), 200, np.uint8)
     assert (blend(base, detail, 0.25) == 125).all() and (blend(base, detail, 0.0) == 100).all()
     assert (blend(base, detail, 1.0) == 200).all()
-
-
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model({"encoder": {"name": "edsr", "n_resblocks": 1, "n_feats": 8}, "decoder": {"hidden": 16},
-                         "local_frequency": {"latent": 4, "width": 8}})
-    return save_checkpoint(model, tmp_path_factory.mktemp("w") / "tiny.safetensors")
 
 
 def face_with(qp: float | None, side: int = 20) -> AlignedFace:

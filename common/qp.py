@@ -84,5 +84,6 @@ def qp_map(frame) -> QPMap | None:
     if side <= 0 or not ((w == side) & (h == side) & (x % side == 0) & (y % side == 0)).all():
         return None
     grid = np.zeros((int(y.max()) // side + 1, int(x.max()) // side + 1), np.int16)
-    grid[y // side, x // side] = base + delta - _inter_offset(frame.pict_type)
+    # the finest inter blocks (QP < the offset) would land below the scale's 0: they are as fine as it gets
+    grid[y // side, x // side] = np.maximum(base + delta - _inter_offset(frame.pict_type), 0)
     return QPMap(grid, side)

@@ -69,6 +69,13 @@ def test_inter_frames_are_put_on_the_intra_scale():
     assert all(abs(m - medians[0]) <= 3 for m in medians[1:]), medians
 
 
+def test_the_finest_inter_frames_stay_on_the_scale():
+    frames = [np.roll(astronaut(), 2 * k, axis=1) for k in range(6)]
+    decoded = encode(frames, **{"x264-params": "qp=1:keyint=30"})  # P/B frames at QP 1-3, below their offsets
+    assert any(av.video.frame.PictureType(t).name != "I" for _, _, t in decoded)
+    assert all(b.grid.min() >= 0 for _, b, _ in decoded)  # tracks.jsonl's schema: qp >= 0
+
+
 def test_frames_without_quantiser_side_data_have_no_map():
     enc = encode([astronaut()], path=None, crf="30")
     assert enc[0][1] is not None

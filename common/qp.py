@@ -14,6 +14,8 @@ Example:
     >>> grid = QPMap(np.array([[30, 30], [36, 40]], np.int16), block=16)
     >>> grid.at((0, 0, 31, 31)), grid.at((0, 16, 15, 31)), grid.at((40, 40, 50, 50))
     (33.0, 36.0, None)
+    >>> grid.rotated(1, width=30, height=32).at((0, 0, 1, 1))  # turned left: the top right block comes first
+    30.0
 """
 from __future__ import annotations
 
@@ -42,11 +44,12 @@ class QPMap:
 
     grid: np.ndarray  # rows x cols, int16
     block: int
+    origin: tuple[int, int] = (0, 0)  # (x, y) of the frame's top-left pixel on the grid (a turned map's)
 
     def at(self, box) -> float | None:
         """The median QP of the blocks that box (x0, y0, x1, y1 in frame pixels) touches; None when it
         lies outside the map."""
-        x0, y0, x1, y1 = (float(v) for v in box)
+        x0, y0, x1, y1 = (float(v) + o for v, o in zip(box, self.origin * 2))
         rows, cols = self.grid.shape
         r0, c0 = max(0, int(y0 // self.block)), max(0, int(x0 // self.block))
         r1, c1 = min(rows, int(y1 // self.block) + 1), min(cols, int(x1 // self.block) + 1)
@@ -54,9 +57,14 @@ class QPMap:
             return None
         return float(np.median(self.grid[r0:r1, c0:c1]))
 
-    def rotated(self, turns: int) -> QPMap:
-        """The map of the frame turned `turns` quarter turns counter-clockwise (as np.rot90)."""
-        return QPMap(np.ascontiguousarray(np.rot90(self.grid, turns)), self.block)
+    def rotated(self, turns: int, width: int, height: int) -> QPMap:
+        """The map of the `width` x `height` frame turned `turns` quarter turns counter-clockwise (as
+        np.rot90). The grid covers the frame padded to whole blocks at its right and bottom; turned, the
+        padding comes first on the axes it flips, hence `origin`."""
+        rows, cols = self.grid.shape
+        pad_x, pad_y = cols * self.block - width, rows * self.block - height
+        origin = {0: (0, 0), 1: (0, pad_x), 2: (pad_x, pad_y), 3: (pad_y, 0)}[turns % 4]
+        return QPMap(np.ascontiguousarray(np.rot90(self.grid, turns)), self.block, origin)
 
 
 def _inter_offset(pict_type) -> int:

@@ -470,7 +470,8 @@ class VideoSource:
             log.info("%s: rotation tag of %d degrees: frames are turned upright", self.name, frame.rotation)
         if not turns:
             return image, blocks
-        return cv2.rotate(image, _ROTATE[turns]), blocks.rotated(turns) if blocks is not None else None
+        turned = blocks.rotated(turns, frame.width, frame.height) if blocks is not None else None
+        return cv2.rotate(image, _ROTATE[turns]), turned
 
     def _decode(self, container: av.container.InputContainer) -> str | None:
         """Decode until the end of the stream, a read error or stop(); returns the problem, if any."""

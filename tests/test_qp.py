@@ -94,8 +94,18 @@ def test_a_faces_qp_is_the_median_of_the_blocks_under_its_box():
     assert grid.at((33, 0, 47, 10)) == 40.0         # one block
     assert grid.at((-20, -20, 5, 5)) == 20.0        # clipped to the frame
     assert grid.at((60, 0, 80, 10)) is None         # outside the map
-    turned = grid.rotated(1)                        # counter-clockwise, as the source turns the frame
-    assert turned.grid.shape == (3, 2) and turned.grid[0].tolist() == [40, 40]
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+def test_a_turned_map_follows_the_turned_frame_pixel_by_pixel(turns):
+    grid = QPMap(np.arange(6, dtype=np.int16).reshape(2, 3), block=16)
+    width, height = 40, 24  # not whole blocks: the padding moves when the frame turns
+    frame = np.array([[grid.at((x, y, x, y)) for x in range(width)] for y in range(height)], np.uint8)
+    turned_frame = cv2.rotate(frame, {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180,
+                                      3: cv2.ROTATE_90_CLOCKWISE}[turns])  # as VideoSource turns frames
+    turned = grid.rotated(turns, width, height)
+    h, w = turned_frame.shape
+    assert all(turned.at((x, y, x, y)) == turned_frame[y, x] for y in range(h) for x in range(w))
 
 
 def test_video_source_frames_carry_the_streams_qp(tmp_path):

@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
+from av.video.frame import PictureType
 
 #: Decoder options that make FFmpeg attach the QP side data to every decoded frame.
 DECODER_OPTIONS = {"export_side_data": "venc_params"}
@@ -68,9 +69,7 @@ class QPMap:
 
 
 def _inter_offset(pict_type) -> int:
-    from av.video.frame import PictureType  # PyAV gives the type as a plain int
-
-    try:
+    try:  # PyAV gives the picture type as a plain int
         return INTER_OFFSET.get(PictureType(pict_type).name, 0)
     except ValueError:
         return 0

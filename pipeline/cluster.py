@@ -242,8 +242,7 @@ class EnhanceService:
         t0 = time.perf_counter()
         out = self.enhancer(faces)
         share = (time.perf_counter() - t0) / len(faces)
-        # fell back: a model face written with bicubic (its output was not finite)
-        return [(e.sr, e.scale, e.method, e.strength, e.method != self.enhancer.name, share) for e in out]
+        return [(e.sr, e.scale, e.method, e.strength, self.enhancer.fell_back(e), share) for e in out]
 
 
 # -- the driver -----------------------------------------------------------------------------------

@@ -155,6 +155,11 @@ class Enhancer:
         """The method faces get: "arasfsr", or "bicubic" (method bicubic, or strength 0)."""
         return "bicubic" if self.model is None else "arasfsr"
 
+    def fell_back(self, face: EnhancedFace) -> bool:
+        """Whether `face` (this enhancer's output) was meant for the model but written with bicubic
+        because the model's output was not finite."""
+        return face.method != self.name
+
     def uses_model(self, face: AlignedFace) -> bool:
         """Whether `face` goes through the model (the costly part); a crop at least as large as the
         output, or any crop with method bicubic, is only resampled."""

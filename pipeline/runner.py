@@ -572,7 +572,7 @@ class Runner:
                 self.cameras[cam].timer.add("enhance", seconds * n / len(enhanced), n)
         for e in enhanced:
             cam = self.cameras[e.face.camera]
-            cam.fallbacks += e.method != cam.enhancer.name
+            cam.fallbacks += cam.enhancer.fell_back(e)
         for face in faces[len(enhanced):]:
             self.cameras[face.camera].counts["faces_skipped_at_stop"] += 1
         return enhanced

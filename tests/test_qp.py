@@ -1,6 +1,7 @@
 """The stream's H.264 quantiser (common/qp.py) and the enhance stage's strength (pipeline/enhance.py)."""
 from __future__ import annotations
 
+import gc
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from skimage import data as skdata
 
 from common.config import build
+from common import qp
 from common.qp import DECODER_OPTIONS, QPMap, qp_map
 from models.camera import CameraModel
 from pipeline.align import align_face
@@ -86,6 +88,34 @@ def test_frames_without_quantiser_side_data_have_no_map():
     back.options = dict(DECODER_OPTIONS)
     frames = [f for p in packets for f in back.decode(p)] + list(back.decode(None))
     assert frames and qp_map(frames[0]) is None
+
+
+@pytest.mark.parametrize("budget_frames", [3, None])
+def test_frames_whose_map_was_read_are_freed_within_the_budget(tmp_path, monkeypatch, budget_frames):
+    # PyAV keeps a frame whose side data was read in a reference cycle: without the budget (None) every
+    # decoded frame stays in memory until a full collection (here: never, the collector is off)
+    clip = encode([np.roll(astronaut(), 3 * k, axis=1) for k in range(12)], path=tmp_path / "c.mp4", crf="30")
+    frame_bytes = 96 * 64 * 3 // 2
+    monkeypatch.setattr(qp, "CYCLE_BUDGET", budget_frames * frame_bytes if budget_frames else 1 << 40)
+    monkeypatch.setattr(qp, "_cycles", qp._Cycles())
+    alive = []
+    gc.collect()
+    gc.disable()
+    try:
+        with av.open(str(clip)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = dict(DECODER_OPTIONS)
+            for frame in container.decode(stream):
+                assert qp_map(frame) is not None
+                alive.append(sum(isinstance(o, av.VideoFrame) for o in gc.get_objects()))
+            del frame
+    finally:
+        gc.enable()
+    assert len(alive) == 12
+    if budget_frames is None:  # the cycle: no frame is ever freed
+        assert alive == sorted(alive) and alive[-1] >= 12, alive
+    else:  # the frames owed (at most the budget), the current one and the one the decoder holds
+        assert max(alive) <= budget_frames + 2, alive
 
 
 def test_a_faces_qp_is_the_median_of_the_blocks_under_its_box():

@@ -27,7 +27,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from av.video.frame import PictureType
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +41,9 @@ _BLOCK_INTS = 5
 #: 6 log2(1.4) = 2.9 and 2.9 + 2.3 QP): subtracted, so that every map is on the intra scale the identity
 #: benchmark's H.264 cells are measured on (their faces are intra frames at QP = CRF).
 INTER_OFFSET = {"P": 3, "B": 5}
+# AVPictureType (libavutil/avutil.h) as PyAV's frame.pict_type gives it; spelled here so that importing this
+# module (pipeline.records does) needs no PyAV: training runs without it.
+_PICTURE_TYPES = {1: "I", 2: "P", 3: "B"}
 #: Pixel bytes of frames whose side data was read after which the cycle collector runs (about 20 frames of
 #: 1080p; see `_owe`).
 CYCLE_BUDGET = 64 << 20
@@ -78,10 +80,7 @@ class QPMap:
 
 
 def _inter_offset(pict_type) -> int:
-    try:  # PyAV gives the picture type as a plain int
-        return INTER_OFFSET.get(PictureType(pict_type).name, 0)
-    except ValueError:
-        return 0
+    return INTER_OFFSET.get(_PICTURE_TYPES.get(int(pict_type), ""), 0)
 
 
 def qp_map(frame) -> QPMap | None:

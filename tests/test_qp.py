@@ -71,6 +71,10 @@ def test_inter_frames_are_put_on_the_intra_scale():
     assert all(abs(m - medians[0]) <= 3 for m in medians[1:]), medians
 
 
+def test_picture_types_are_pyavs():
+    assert {qp._PICTURE_TYPES[int(getattr(av.video.frame.PictureType, k))] for k in "IPB"} == set("IPB")
+
+
 def test_the_finest_inter_frames_stay_on_the_scale():
     frames = [np.roll(astronaut(), 2 * k, axis=1) for k in range(6)]
     decoded = encode(frames, **{"x264-params": "qp=1:keyint=30"})  # P/B frames at QP 1-3, below their offsets

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from common import cli
 from common.errors import UserError
-from models.data import split_for, write_manifest
+from models.data import repack, split_for, write_manifest
 from pipeline.align import laplacian_variance
 from pipeline.files import IMAGE_SUFFIXES, is_image_file
 
@@ -164,12 +164,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.05)
     ap.add_argument("--min-face", type=int, default=40, help="MTCNN min_face_size (px)")
     ap.add_argument("--max-upscale", type=float, default=1.25, help="skip faces needing more up-sampling")
+    ap.add_argument("--repack", type=int, metavar="QUALITY",
+                    help="--src is a prepared set: copy it to --out as WebP at QUALITY (1-100), e.g. to carry it "
+                         "to a GPU machine (models.data.repack)")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return cli.run(lambda: run(args))
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repack is not None:
+        if not 1 <= args.repack <= 100:
+            raise UserError(f"--repack must be a quality in 1..100, got {args.repack}")
+        faces = repack(args.src, args.out, args.repack)
+        size = sum(f.stat().st_size for f in args.out.iterdir()) / 1e6
+        print(f"prepare: {faces} faces of {args.src} repacked as WebP (quality {args.repack}), {size:.1f} MB in "
+              f"{args.out}")
+        return 0
     if args.size < 16:
         raise UserError(f"--size must be >= 16, got {args.size}")
     counts = prepare(args.src, args.out, args.size, args.sharpness_csv, args.min_sharpness, args.val_fraction,

@@ -113,6 +113,31 @@ def write_prepared(root: str | Path, images: list[np.ndarray], splits: list[str]
     return write_manifest(root, rows)
 
 
+def repack(src: str | Path, dst: str | Path, quality: int = 95) -> int:
+    """Copy a prepared set with its faces re-encoded as WebP at `quality`: to carry it to a GPU machine,
+    whose calls take 64 MiB in all (UTKFace's 8,936 faces: 52 MB of JPEG -> 31 MB at 95, 44.6 dB from the
+    JPEGs, far above what any model reaches at 16 px). Returns the number of faces.
+
+    >>> import tempfile
+    >>> src = write_prepared(tempfile.mkdtemp(), [np.zeros((32, 32, 3), np.uint8)], ["val"]).parent
+    >>> repack(src, tempfile.mkdtemp())
+    1
+    """
+    rows, dst = read_manifest(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        bgr = cv2.imread(str(Path(src) / row["file"]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise DataError(f"cannot read {Path(src) / row['file']} listed in the manifest")
+        row["file"] = str(Path(row["file"]).with_suffix(".webp"))
+        if not cv2.imwrite(str(dst / row["file"]), bgr, [cv2.IMWRITE_WEBP_QUALITY, quality]):
+            raise DataError(f"cannot write {dst / row['file']}")
+    for row in rows:  # write_manifest takes them as lists
+        row["landmarks"], row["transform"] = json.loads(row["landmarks"] or "[]"), json.loads(row["transform"])
+    write_manifest(dst, rows)
+    return len(rows)
+
+
 def read_manifest(root: str | Path) -> list[dict]:
     path = Path(root) / MANIFEST
     if not Path(root).is_dir():

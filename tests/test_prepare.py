@@ -101,3 +101,19 @@ def test_prepare_reads_webp_photos(tmp_path):
     counts = prepare.prepare(src, tmp_path / "out", size=32, detector=detector)
     assert counts["photos"] == 2 and counts["unreadable"] == 0 and counts["no_face"] == 2
     assert detector.seen == [(80, 70, 3)] * 2  # decoded and padded by half the longer side
+
+
+def test_repack_copies_a_prepared_set_as_webp(tmp_path, capsys):
+    from models.data import write_prepared
+
+    faces = [cv2.resize(astronaut()[:300, 100:400], (64, 64), interpolation=cv2.INTER_AREA), np.roll(
+        cv2.resize(astronaut()[:300, 100:400], (64, 64), interpolation=cv2.INTER_AREA), 5, axis=1)]
+    src = write_prepared(tmp_path / "src", faces, ["train", "val"]).parent
+    assert prepare.main(["--src", str(src), "--out", str(tmp_path / "w"), "--repack", "95"]) == 0
+    assert "2 faces" in capsys.readouterr().out
+    for split in ("train", "val"):
+        before, after = FaceSet.load(src, split), FaceSet.load(tmp_path / "w", split)
+        assert after.names[0].endswith(".webp") and (after.masks == before.masks).all()
+        assert cv2.PSNR(after.images[0], before.images[0]) > 38  # the same faces, re-encoded
+    assert prepare.main(["--src", str(src), "--out", str(tmp_path / "x"), "--repack", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --repack must be a quality in 1..100, got 0"

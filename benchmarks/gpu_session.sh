@@ -8,7 +8,7 @@
 #
 # check     nvidia-smi, the CUDA tests (tests/test_cuda.py), sr_speed at 28 -> 112 px (batch 1/32/128/512, fp32
 #           and bf16, against bicubic on the same GPU) and a 300-step training probe (its s/step sets --steps)
-# pipeline  pipeline_speed on the carried clips (every preset) and multicam with 1, 2, 4 and 8 file cameras
+# pipeline  pipeline_speed on the carried clips (default and cctv presets) and multicam with 1, 4 and 8 file cameras
 # train     configs/train/paper_gpu.yaml for train.max_minutes, resumed from runs/paper_gpu (kept by a warm machine)
 #           or from .gpu/resume (last.safetensors + last.optim.safetensors carried back from an earlier $OUT);
 #           STEPS (environment) overrides the config's steps: keep it the same for every resume
@@ -39,9 +39,9 @@ check)
     done
     ;;
 pipeline)
-    $py -m benchmarks.pipeline_speed --clips .gpu/clips/*.mp4 --frames 300 --note "$(nvidia-smi -L | head -1)" \
+    $py -m benchmarks.pipeline_speed --presets default cctv --clips .gpu/clips/*.mp4 --frames 300 --note "$(nvidia-smi -L | head -1)" \
         --json "$OUT/pipeline_speed.json" --plot "$OUT/pipeline_speed.png" >"$OUT/pipeline.txt" 2>&1
-    $py -m benchmarks.multicam --cameras 1 2 4 8 --sources file --clip .gpu/clips/arcade_1080p_multiface.mp4 \
+    $py -m benchmarks.multicam --cameras 1 4 8 --sources file --clip .gpu/clips/arcade_1080p_multiface.mp4 \
         --frames 150 --note "$(nvidia-smi -L | head -1)" --json "$OUT/multicam.json" --plot "$OUT/multicam.png" \
         >>"$OUT/pipeline.txt" 2>&1
     ;;

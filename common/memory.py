@@ -11,6 +11,13 @@ again on every frame, and fixing either one turns off glibc's adaptive threshold
 slower on 360p frames (0.075 -> 0.20 s a frame, BENCHMARKS.md "Allocator, revisited"). One trim every few seconds
 costs a few hundredths of a second (the next frame faults its working set in again).
 
+Second: objects that only the cycle collector frees. PyAV keeps a frame whose side data was read (the QP
+map, common/qp.py) in a reference cycle, so its pixels (3 MB at 1080p) stay until a *full* collection, which
+Python runs seldom in a process holding a model: a 30-minute soak of the 1080p clip grew 350 MB. Code that
+makes such cycles says how many bytes they hold (`owe_cycles`); past CYCLE_BUDGET one full collection frees
+them. `freeze_long_lived`, once the models are loaded, takes their ~200k objects out of the collector's scans,
+so that a full collection costs ~1 ms instead of ~120.
+
 Example:
     >>> trimmer = start_trimming(interval_s=10.0)  # doctest: +SKIP   (a daemon thread; a run stops it)
     >>> trimmer.stop()  # doctest: +SKIP
@@ -19,13 +26,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import threading
+import time
 
 log = logging.getLogger(__name__)
 
 TRIM_INTERVAL_S = 10.0
+#: Bytes held only by reference cycles (`owe_cycles`) after which a full collection runs: ~20 frames of 1080p.
+CYCLE_BUDGET = 64 << 20
 # A user who set glibc's malloc tunables manages the allocator: this module then does nothing.
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
@@ -69,3 +80,46 @@ def start_trimming(interval_s: float = TRIM_INTERVAL_S) -> Trimmer | None:
         log.debug("malloc_trim unavailable or malloc tuned by the user; allocator left alone")
         return None
     return Trimmer(trim, interval_s)
+
+
+class CycleDebt:
+    """Bytes that only the cycle collector can free, paid with one full collection past CYCLE_BUDGET (by
+    whichever thread owes the byte that passes it)."""
+
+    def __init__(self) -> None:
+        self.owed = 0
+        self.collections = 0
+        self.seconds = 0.0  # spent collecting, for the log
+        self._lock = threading.Lock()
+
+    def owe(self, nbytes: int) -> None:
+        with self._lock:
+            self.owed += nbytes
+            if self.owed < CYCLE_BUDGET:
+                return
+            self.owed = 0
+        t0 = time.perf_counter()
+        gc.collect()
+        with self._lock:
+            self.collections += 1
+            self.seconds += time.perf_counter() - t0
+            if self.collections in (1, 10, 100) or self.collections % 1000 == 0:
+                log.debug("%d full collections for objects in reference cycles, %.1f ms each on average",
+                          self.collections, 1e3 * self.seconds / self.collections)
+
+
+_debt = CycleDebt()
+
+
+def owe_cycles(nbytes: int) -> None:
+    """Record `nbytes` now held only by a reference cycle (freed at the next full collection)."""
+    _debt.owe(nbytes)
+
+
+def freeze_long_lived() -> None:
+    """Collect, then move every object alive now out of the cycle collector's scans (gc.freeze): call it once
+    the models are loaded and before the sources start, so that later full collections scan only what the run
+    makes. A frozen object is still freed when its last reference goes; only a cycle among frozen objects
+    would stay, and everything alive at this point lives as long as the run."""
+    gc.collect()
+    gc.freeze()

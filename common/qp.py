@@ -19,16 +19,12 @@ Example:
 """
 from __future__ import annotations
 
-import gc
-import logging
 import struct
-import threading
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from common import memory
 
 #: Decoder options that make FFmpeg attach the QP side data to every decoded frame.
 DECODER_OPTIONS = {"export_side_data": "venc_params"}
@@ -44,9 +40,6 @@ INTER_OFFSET = {"P": 3, "B": 5}
 # AVPictureType (libavutil/avutil.h) as PyAV's frame.pict_type gives it; spelled here so that importing this
 # module (pipeline.records does) needs no PyAV: training runs without it.
 _PICTURE_TYPES = {1: "I", 2: "P", 3: "B"}
-#: Pixel bytes of frames whose side data was read after which the cycle collector runs (about 20 frames of
-#: 1080p; see `_owe`).
-CYCLE_BUDGET = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -88,7 +81,9 @@ def qp_map(frame) -> QPMap | None:
     (INTER_OFFSET); None when the frame carries none (not H.264, or the option was not set) or its
     blocks are not one uniform grid."""
     data = next((bytes(sd) for sd in frame.side_data if sd.type.name == "VIDEO_ENC_PARAMS"), None)
-    _owe(frame)
+    # PyAV (18.1 and before) caches a frame's side data in an object that points back at the frame: the
+    # frame's pixels now outlive their last reference until a full collection (common.memory.owe_cycles)
+    memory.owe_cycles(frame.width * frame.height * 3 // 2)  # 4:2:0 pixels, what an H.264 frame holds
     if data is None or len(data) < _HEADER.size:
         return None
     count, offset, size, kind, base = _HEADER.unpack_from(data)
@@ -104,38 +99,3 @@ def qp_map(frame) -> QPMap | None:
     grid[y // side, x // side] = np.maximum(base + delta - _inter_offset(frame.pict_type), 0)
     return QPMap(grid, side)
 
-
-class _Cycles:
-    """Frames whose side data was read wait for the cycle collector: PyAV (18.1 and before) caches a frame's
-    side data in an object that points back at the frame, so the frame's pixels (3 MB at 1080p) outlive
-    their last reference until a *full* collection, and a process holding a model runs those seldom: a
-    30-minute soak of a 1080p file grew 350 MB (BENCHMARKS.md). The debt is counted in pixel bytes and
-    paid with one full collection once it passes CYCLE_BUDGET, from whichever thread reads a map."""
-
-    def __init__(self) -> None:
-        self.owed = 0
-        self.collections = 0
-        self.seconds = 0.0  # time spent collecting, for the log
-        self._lock = threading.Lock()
-
-    def owe(self, nbytes: int) -> None:
-        with self._lock:
-            self.owed += nbytes
-            if self.owed < CYCLE_BUDGET:
-                return
-            self.owed = 0
-        t0 = time.perf_counter()
-        gc.collect()
-        with self._lock:
-            self.collections += 1
-            self.seconds += time.perf_counter() - t0
-            if self.collections in (1, 10, 100) or self.collections % 1000 == 0:
-                log.debug("QP side data: %d full collections so far, %.1f ms each on average",
-                          self.collections, 1e3 * self.seconds / self.collections)
-
-
-_cycles = _Cycles()
-
-
-def _owe(frame) -> None:
-    _cycles.owe(frame.width * frame.height * 3 // 2)  # 4:2:0 pixels: what a camera's H.264 frame holds

@@ -148,6 +148,7 @@ class CameraWorker:
         self.stack = ExitStack()
         self.cam = CameraRun(camera, Path(), time.perf_counter())
         self.cam.detector = MTCNNDetector(cfg.detect.detector())
+        memory.freeze_long_lived()  # the model before the source: cheap full collections (common/memory.py)
         demo_dir = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="facesr-")))
         self.cam.open_input(self.stack, demo_dir, strict=False)
         self.pacer = Pacer(cfg.detect.batch)  # a step is one detector call of about CALL_S seconds

@@ -57,6 +57,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from common import memory
 from common.redact import mask_secrets
 from pipeline.align import Aligner
 from pipeline.cameras import Camera
@@ -675,20 +676,26 @@ class Runner:
         detectors: dict[str, MTCNNDetector] = {}
         enhancers: dict[str, Enhancer] = {}
         models: dict = {}
-        for camera in self.cameras_given:
+        folders: dict[str, RunFolder] = {}
+        for camera in self.cameras_given:  # folders and models first, then the sources (memory.freeze_long_lived)
             cfg = camera.config
-            cam_folder = folder
+            folders[camera.id] = folder
             if self.multi:  # each camera's folder is held and checked like a run folder of its own
-                cam_folder = stack.enter_context(RunFolder(folder.path / camera.id, overwrite=cfg.output.overwrite))
+                folders[camera.id] = stack.enter_context(RunFolder(folder.path / camera.id,
+                                                                   overwrite=cfg.output.overwrite))
             dkey, ekey = repr(cfg.detect.detector()), repr(cfg.enhance)
             if dkey not in detectors:
                 detectors[dkey] = (next(iter(detectors.values())).reconfigured(cfg.detect.detector())
                                    if detectors else MTCNNDetector(cfg.detect.detector()))
             if ekey not in enhancers:
                 enhancers[ekey] = Enhancer(cfg.enhance, models=models)
-            cam = CameraRun(camera, cam_folder.path, start)
+        memory.freeze_long_lived()
+        for camera in self.cameras_given:
+            cfg = camera.config
+            cam = CameraRun(camera, folders[camera.id].path, start)
             self.cameras[camera.id] = cam
-            cam.open(stack, cam_folder, detectors[dkey], enhancers[ekey], strict=not self.multi)
+            cam.open(stack, folders[camera.id], detectors[repr(cfg.detect.detector())], enhancers[repr(cfg.enhance)],
+                     strict=not self.multi)
 
     def _loop(self, to_enhance: queue.Queue, progress) -> None:
         """Detect, track, align and select the cameras' frames, and queue the faces: `detect.workers` threads

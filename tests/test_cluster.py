@@ -24,6 +24,26 @@ def lines(folder: Path) -> list[dict]:
     return [json.loads(line) for line in (folder / TRACKS_FILE).read_text().splitlines()]
 
 
+def close(a, b, tol: float = 0.02) -> bool:
+    """Records equal, numbers within `tol`: MTCNN's boxes move by ~1e-5 px with the batch a frame shares (one
+    detector for two cameras here, one per worker there), which can flip a rounded digit."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= tol
+    return a == b
+
+
+def test_close_records():
+    rec = {"bbox": [87.34, 99.31], "det_score": 1.0, "crop_size": 143, "image": "tracks/1/2.png", "qp": None}
+    assert close(rec, {**rec, "bbox": [87.35, 99.31]})
+    assert not close(rec, {**rec, "bbox": [87.40, 99.31]})
+    assert not close(rec, {**rec, "crop_size": 144}) and not close(rec, {**rec, "image": "tracks/1/3.png"})
+    assert not close(rec, {**rec, "qp": 0.0}) and not close(rec, {k: v for k, v in rec.items() if k != "qp"})
+
+
 def test_workers_and_the_serve_enhancer_write_what_one_process_writes(ray_cluster, tmp_path):
     limit = "runtime.max_frames=20"  # of 24 frames: the limit is kept too
     proc, out = start_cli(ray_cluster, tmp_path, 24, "--set", limit)
@@ -35,7 +55,9 @@ def test_workers_and_the_serve_enhancer_write_what_one_process_writes(ray_cluste
     assert summary["failed"] == [] and summary["faces_written"] == one["faces_written"] > 0
     for cam in ("a", "b"):
         expected, got = lines(tmp_path / "one" / cam), lines(out / cam)
-        assert got == expected  # tracks.jsonl holds no timings: every record equal
+        assert len(got) == len(expected)  # tracks.jsonl holds no timings: every record equal (close)
+        for a, b in zip(got, expected):
+            assert close(a, b), (a, b)
         for rec in (r for r in expected if r["type"] == "face"):
             for key in ("image", "lr_image", "bicubic_image"):
                 a = cv2.imread(str(tmp_path / "one" / cam / rec[key])).astype(int)

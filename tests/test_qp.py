@@ -12,7 +12,7 @@ import pytest
 from skimage import data as skdata
 
 from common.config import build
-from common import qp
+from common import memory, qp
 from common.qp import DECODER_OPTIONS, QPMap, qp_map
 from models.camera import CameraModel
 from pipeline.align import align_face
@@ -100,8 +100,8 @@ def test_frames_whose_map_was_read_are_freed_within_the_budget(tmp_path, monkeyp
     # decoded frame stays in memory until a full collection (here: never, the collector is off)
     clip = encode([np.roll(astronaut(), 3 * k, axis=1) for k in range(12)], path=tmp_path / "c.mp4", crf="30")
     frame_bytes = 96 * 64 * 3 // 2
-    monkeypatch.setattr(qp, "CYCLE_BUDGET", budget_frames * frame_bytes if budget_frames else 1 << 40)
-    monkeypatch.setattr(qp, "_cycles", qp._Cycles())
+    monkeypatch.setattr(memory, "CYCLE_BUDGET", budget_frames * frame_bytes if budget_frames else 1 << 40)
+    monkeypatch.setattr(memory, "_debt", memory.CycleDebt())
     alive = []
     gc.collect()
     gc.disable()

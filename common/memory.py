@@ -15,8 +15,8 @@ Second: objects that only the cycle collector frees. PyAV keeps a frame whose si
 map, common/qp.py) in a reference cycle, so its pixels (3 MB at 1080p) stay until a *full* collection, which
 Python runs seldom in a process holding a model: a 30-minute soak of the 1080p clip grew 350 MB. Code that
 makes such cycles says how many bytes they hold (`owe_cycles`); past CYCLE_BUDGET one full collection frees
-them. `freeze_long_lived`, once the models are loaded, takes their ~200k objects out of the collector's scans,
-so that a full collection costs ~1 ms instead of ~120.
+them. `freeze_long_lived`, once the models are loaded, takes their ~200k objects out of the collector's scans:
+a full collection then costs 35 ms instead of 155 (1080p arcade clip, BENCHMARKS.md "Soak").
 
 Example:
     >>> trimmer = start_trimming(interval_s=10.0)  # doctest: +SKIP   (a daemon thread; a run stops it)

@@ -98,4 +98,3 @@ def qp_map(frame) -> QPMap | None:
     # the finest inter blocks (QP < the offset) would land below the scale's 0: they are as fine as it gets
     grid[y // side, x // side] = np.maximum(base + delta - _inter_offset(frame.pict_type), 0)
     return QPMap(grid, side)
-

@@ -361,7 +361,8 @@ class ARASFSR(nn.Module):
         decoding, and `reference_upscale` (the per-image path of training) within float rounding.
         An image with H <= h and W <= w has nothing to super-resolve: it is down-sampled with antialiased
         area resampling instead of the implicit function.
-        `amp` = "bf16" or "fp16" enables autocast on CUDA (ignored on the CPU, so with `runtime`, which is CPU-only).
+        `amp` = "bf16" or "fp16" enables autocast on CUDA (ignored on the CPU, so with `runtime`, which is CPU-only);
+        without it CUDA computes in true fp32 (no TF32 convolutions), equal to the CPU within 1e-4.
         With `runtime` set, the encoder and the per-chunk render run there (same results within float rounding).
         """
         height, width = _check_size(size)
@@ -378,7 +379,7 @@ class ARASFSR(nn.Module):
             else:
                 todo.append(i)
         if todo:
-            with evaluating(self), self._autocast(amp):
+            with evaluating(self), self._precision(amp):
                 rgb = self._decode_grid([images[i] for i in todo], height, width, max_queries, amp)
             for i, image_rgb in zip(todo, rgb):
                 out[i] = image_rgb.transpose(0, 1).reshape(1, 3, height, width)
@@ -482,9 +483,16 @@ class ARASFSR(nn.Module):
             raise NonFiniteOutput(out, finite)
         return out
 
-    def _autocast(self, amp: str | None):
-        if amp is None or self.device.type != "cuda":
+    def _precision(self, amp: str | None):
+        """The arithmetic on CUDA: autocast to `amp`, else true fp32. cuDNN convolves fp32 in TF32 by default
+        (10 bits of mantissa): the encoder's features would then differ from the CPU's by ~1e-3, and `amp` is the
+        way to ask for speed over exactness."""
+        if self.device.type != "cuda":
             return nullcontext()
+        if amp is None:
+            cudnn = torch.backends.cudnn
+            return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                               allow_tf32=False)
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
         if amp not in dtypes:
             raise ValueError(f"amp must be one of {sorted(dtypes)} or None, got {amp!r}")

@@ -2,8 +2,8 @@
 machine without CUDA (CI, the 2-core development box); run them on a GPU with `pytest -q tests/test_cuda.py`.
 
 What they hold the GPU to:
-- fp32: the model's output on CUDA equals the CPU's within 1e-4 (both the fast path and the one used by
-  training, `reference_upscale`);
+- fp32: the model's output on CUDA equals the CPU's within 1e-4 (both the fast path, which turns cuDNN's TF32
+  off when no `amp` is asked for, and the one used by training, `reference_upscale`);
 - bf16 / fp16 autocast (`enhance.amp`): within PSNR_AMP dB of the fp32 output;
 - `device: auto` puts the enhancer's model and the detector on the GPU;
 - MTCNN on CUDA finds the faces it finds on the CPU (boxes within a pixel, landmarks within two).
@@ -60,8 +60,9 @@ def test_fp32_cuda_equals_cpu(models, size):
     assert (got - want).abs().max().item() <= 1e-4
 
 
-def test_fp32_cuda_equals_cpu_on_the_training_path(models):
+def test_fp32_cuda_equals_cpu_on_the_training_path(models, monkeypatch):
     cpu, gpu = models
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # training may use TF32; this compares fp32
     image = as_batch(faces((24,)), "cpu")[0][None]
     with torch.no_grad():
         want = reference_upscale(cpu, image, (128, 128))
@@ -95,4 +96,4 @@ def test_mtcnn_on_cuda_finds_the_faces_it_finds_on_the_cpu():
         for a, b in zip(sorted(want, key=lambda d: d.box[0]), sorted(got, key=lambda d: d.box[0])):
             assert np.abs(np.subtract(a.box, b.box)).max() <= 1.0
             assert np.abs(np.subtract(a.landmarks, b.landmarks)).max() <= 2.0
-            assert abs(a.score - b.score) <= 1e-3
+            assert abs(a.score - b.score) <= 1e-2  # cuDNN's TF32 convolutions (the detector's default)

@@ -15,7 +15,12 @@
 #
 # Everything worth keeping lands in $OUT (at most 8 files come back), or out/gpu when $OUT is unset.
 set -euo pipefail
-stage=${1:?usage: benchmarks/gpu_session.sh check|pipeline|train}
+stage=${1:-}
+case $stage in check | pipeline | train) ;; *)
+    echo "usage: benchmarks/gpu_session.sh check|pipeline|train (got '$stage')" >&2
+    exit 2
+    ;;
+esac
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD
@@ -55,10 +60,6 @@ train)
         >"$OUT/train.txt" 2>&1 || echo "train: exit $?" >>"$OUT/train.txt"
     cp $run/last.safetensors $run/last.optim.safetensors $run/log.jsonl "$OUT/" 2>/dev/null || true
     [ -f $run/best.safetensors ] && cp $run/best.safetensors "$OUT/"
-    ;;
-*)
-    echo "unknown stage $stage: check, pipeline or train" >&2
-    exit 2
     ;;
 esac
 ls -la "$OUT"

@@ -2,11 +2,18 @@
 
     python benchmarks/soak.py --minutes 30 [--video A.mp4 --video B.mp4 ...] [--warmup 5] \
         [--interval 5] [--tolerance 0.10] [--out out/soak] [--set key=value ...]
+    python benchmarks/soak.py --minutes 30 --rtsp --restart-every 5 --video A.mp4 [...]
 
 The clips (default: the CCTV clips of ../shared/data/video) are chained many times over in an FFmpeg
 concat list, so the run sees one endless file; `run_stream.py` runs on it as a child process
 (enhance.method=bicubic unless --set says otherwise) and its resident memory (VmRSS) is sampled every
 `--interval` s. After `--minutes` the child gets SIGTERM, the normal way to end a run.
+
+`--rtsp`: the first clip is served instead by the project's GStreamer RTSP server on 127.0.0.1
+(tests/rtsp_server.py, in a loop at its frame rate) and read live, as a camera: frames converted only when read,
+the oldest dropped when the pipeline lags. `--restart-every MIN` kills the server (no goodbye, sockets gone)
+every MIN minutes and starts it again on the same port, so the camera reconnects, as real cameras make it do
+(`reconnects` in soak.json, from the run's summary, against `server_restarts`).
 
 Verdict: a straight line is fitted to the samples after the warm-up; the soak passes when that line
 rises by at most `--tolerance` (a fraction) of the RSS at the end of the warm-up over the measured
@@ -122,14 +129,30 @@ def soak(args: argparse.Namespace) -> int:
         raise UserError("need --minutes > 0, --interval > 0 and 0 <= --warmup < --minutes")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    loop = write_loop(args.video or list(DEFAULT_VIDEOS), args.minutes, out / "loop.ffconcat")
-    cmd = [sys.executable, str(ROOT / "run_stream.py"), "--source", str(loop), "--out", str(out / "run"),
+    videos = args.video or list(DEFAULT_VIDEOS)
+    server = None
+    if args.rtsp:
+        from tests.rtsp_server import RtspServer, gst_unavailable_reason
+
+        if (why := gst_unavailable_reason()) is not None:
+            raise UserError(f"--rtsp: {why}")
+        if not videos[0].is_file():
+            raise UserError(f"{videos[0]}: no such video")
+        server = RtspServer(videos[0])
+        server.start()
+        source = [server.url]
+    else:
+        if args.restart_every:
+            raise UserError("--restart-every needs --rtsp")
+        loop = write_loop(videos, args.minutes, out / "loop.ffconcat")
+        source = [str(loop), "--set", "source.options={safe: '0'}"]  # the concat list names absolute paths
+    cmd = [sys.executable, str(ROOT / "run_stream.py"), "--source", *source, "--out", str(out / "run"),
            "--overwrite", "--quiet",
            "--set", "enhance.method=bicubic", "--set", "output.report=false",
-           "--set", "source.options={safe: '0'}",  # the concat list names absolute paths
            *[a for s in args.overrides for a in ("--set", s)]]
     print("running:", shlex.join(cmd), flush=True)
     samples: list[tuple[float, float]] = []
+    restarts, next_restart = 0, args.restart_every * 60 or math.inf
     with open(out / "run.log", "wb") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         t0 = time.monotonic()
@@ -140,6 +163,11 @@ def soak(args: argparse.Namespace) -> int:
                     break
                 if (rss := rss_mb(child.pid)) is not None:
                     samples.append((round(elapsed, 1), round(rss, 1)))
+                if server is not None and elapsed >= next_restart:
+                    server.kill()
+                    time.sleep(2.0)  # the camera notices: its reads time out or the connection drops
+                    server.start()
+                    restarts, next_restart = restarts + 1, next_restart + args.restart_every * 60
         finally:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -148,6 +176,8 @@ def soak(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+            if server is not None:
+                server.stop()
     if elapsed < args.minutes * 60:
         raise UserError(f"the run ended after {elapsed:.0f} s with exit code {child.returncode}, before the "
                         f"{args.minutes:g} minutes were up; see {out / 'run.log'}")
@@ -157,7 +187,10 @@ def soak(args: argparse.Namespace) -> int:
     summary = out / "run" / "summary.json"
     if summary.is_file():
         run = json.loads(summary.read_text(encoding="utf-8"))
-        result.update(frames_processed=run.get("frames_processed"), faces_written=run.get("faces_written"))
+        result.update(frames_processed=run.get("frames_processed"), faces_written=run.get("faces_written"),
+                      frames_dropped=run.get("frames_dropped"), reconnects=run.get("reconnects"))
+    if server is not None:
+        result.update(source="rtsp", server_restarts=restarts)
     result["samples"] = samples
     (out / "soak.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     plot(samples, result, out / "soak.png")
@@ -178,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="allowed growth after warm-up, a fraction of the RSS then (default 0.10)")
     ap.add_argument("--video", type=Path, action="append", help="clip to loop (repeatable; default: the CCTV clips)")
     ap.add_argument("--out", type=Path, default=ROOT / "out/soak", help="output folder (default out/soak)")
+    ap.add_argument("--rtsp", action="store_true",
+                    help="serve the first clip from a local RTSP server in a loop and read it live")
+    ap.add_argument("--restart-every", type=float, default=0.0, metavar="MIN",
+                    help="with --rtsp: kill and restart the server every MIN minutes (the camera reconnects)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="pipeline config override passed to run_stream.py (repeatable)")
     return cli.run(lambda: soak(ap.parse_args(argv)))

@@ -91,3 +91,20 @@ def test_trimming_gives_fragmented_heap_memory_back():
 def test_no_trimming_when_the_user_tuned_malloc(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     assert memory.start_trimming() is None
+
+
+def test_restarts_need_rtsp(tmp_path):
+    assert soak.main(["--minutes", "1", "--warmup", "0", "--restart-every", "1", "--out", str(tmp_path)]) == 2
+
+
+def test_rtsp_soak_reconnects_after_each_server_restart(tmp_path):
+    from rtsp_server import gst_unavailable_reason
+
+    if (why := gst_unavailable_reason()) is not None:
+        pytest.skip(why)
+    clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=50)
+    code = soak.main(["--rtsp", "--video", str(clip), "--minutes", "0.75", "--warmup", "0.25", "--interval", "2",
+                      "--restart-every", "0.25", "--tolerance", "10", "--out", str(tmp_path / "soak")])
+    result = __import__("json").loads((tmp_path / "soak" / "soak.json").read_text())
+    assert code == 0 and result["source"] == "rtsp" and result["server_restarts"] == 2
+    assert result["reconnects"] >= 1 and result["frames_processed"] > 0  # the camera came back (at least once)

@@ -35,7 +35,7 @@ check)
         nvidia-smi
         $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
         $py -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 || echo "test_cuda: FAILED (exit $?)"
-        $py train.py --config configs/train/paper_gpu.yaml --out /tmp/probe --steps 300 2>&1 | tail -5
+        $py train.py --config configs/train/paper_gpu.yaml --out /tmp/probe --steps 300 2>&1 | tail -5 || echo "probe: FAILED"
     } >"$OUT/check.txt" 2>&1
     for amp in fp32 bf16; do
         flag=$([ $amp = bf16 ] && echo "--amp bf16" || true)

@@ -124,6 +124,13 @@ def plot(samples: list[tuple[float, float]], result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _start(server) -> None:
+    try:
+        server.start()
+    except RuntimeError as e:  # the port taken, GStreamer broken: one line, not a traceback
+        raise UserError(f"--rtsp: {e}") from None
+
+
 def soak(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.interval <= 0 or not 0 <= args.warmup < args.minutes:
         raise UserError("need --minutes > 0, --interval > 0 and 0 <= --warmup < --minutes")
@@ -139,7 +146,7 @@ def soak(args: argparse.Namespace) -> int:
         if not videos[0].is_file():
             raise UserError(f"{videos[0]}: no such video")
         server = RtspServer(videos[0])
-        server.start()
+        _start(server)
         source = [server.url]
     else:
         if args.restart_every:
@@ -166,7 +173,7 @@ def soak(args: argparse.Namespace) -> int:
                 if server is not None and elapsed >= next_restart:
                     server.kill()
                     time.sleep(2.0)  # the camera notices: its reads time out or the connection drops
-                    server.start()
+                    _start(server)
                     restarts, next_restart = restarts + 1, next_restart + args.restart_every * 60
         finally:
             if child.poll() is None:

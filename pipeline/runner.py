@@ -676,26 +676,25 @@ class Runner:
         detectors: dict[str, MTCNNDetector] = {}
         enhancers: dict[str, Enhancer] = {}
         models: dict = {}
-        folders: dict[str, RunFolder] = {}
+        parts: dict[str, tuple[RunFolder, MTCNNDetector, Enhancer]] = {}
         for camera in self.cameras_given:  # folders and models first, then the sources (memory.freeze_long_lived)
             cfg = camera.config
-            folders[camera.id] = folder
+            cam_folder = folder
             if self.multi:  # each camera's folder is held and checked like a run folder of its own
-                folders[camera.id] = stack.enter_context(RunFolder(folder.path / camera.id,
-                                                                   overwrite=cfg.output.overwrite))
+                cam_folder = stack.enter_context(RunFolder(folder.path / camera.id, overwrite=cfg.output.overwrite))
             dkey, ekey = repr(cfg.detect.detector()), repr(cfg.enhance)
             if dkey not in detectors:
                 detectors[dkey] = (next(iter(detectors.values())).reconfigured(cfg.detect.detector())
                                    if detectors else MTCNNDetector(cfg.detect.detector()))
             if ekey not in enhancers:
                 enhancers[ekey] = Enhancer(cfg.enhance, models=models)
+            parts[camera.id] = cam_folder, detectors[dkey], enhancers[ekey]
         memory.freeze_long_lived()
         for camera in self.cameras_given:
-            cfg = camera.config
-            cam = CameraRun(camera, folders[camera.id].path, start)
+            cam_folder, detector, enhancer = parts[camera.id]
+            cam = CameraRun(camera, cam_folder.path, start)
             self.cameras[camera.id] = cam
-            cam.open(stack, folders[camera.id], detectors[repr(cfg.detect.detector())], enhancers[repr(cfg.enhance)],
-                     strict=not self.multi)
+            cam.open(stack, cam_folder, detector, enhancer, strict=not self.multi)
 
     def _loop(self, to_enhance: queue.Queue, progress) -> None:
         """Detect, track, align and select the cameras' frames, and queue the faces: `detect.workers` threads

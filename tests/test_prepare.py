@@ -106,8 +106,8 @@ def test_prepare_reads_webp_photos(tmp_path):
 def test_repack_copies_a_prepared_set_as_webp(tmp_path, capsys):
     from models.data import write_prepared
 
-    faces = [cv2.resize(astronaut()[:300, 100:400], (64, 64), interpolation=cv2.INTER_AREA), np.roll(
-        cv2.resize(astronaut()[:300, 100:400], (64, 64), interpolation=cv2.INTER_AREA), 5, axis=1)]
+    face = cv2.resize(astronaut()[:300, 100:400], (64, 64), interpolation=cv2.INTER_AREA)
+    faces = [face, np.roll(face, 5, axis=1)]
     src = write_prepared(tmp_path / "src", faces, ["train", "val"]).parent
     assert prepare.main(["--src", str(src), "--out", str(tmp_path / "w"), "--repack", "95"]) == 0
     assert "2 faces" in capsys.readouterr().out

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from common.frames import to_bgr
 from common.qp import DECODER_OPTIONS, QPMap, qp_map
 
 _PART = re.compile(r"^(?:(clean)|noise(\d+(?:\.\d+)?)|jpeg(\d+)|h264crf(\d+))$")
@@ -74,7 +75,7 @@ def h264_with_qp(bgr: np.ndarray, crf: int) -> tuple[np.ndarray, QPMap | None]:
     frames = [f for p in packets for f in decoder.decode(p)] + list(decoder.decode(None))
     if not frames:
         raise RuntimeError("H.264 round trip produced no frame")
-    return np.ascontiguousarray(frames[0].to_ndarray(format="bgr24")[:h, :w]), qp_map(frames[0])
+    return np.ascontiguousarray(to_bgr(frames[0])[:h, :w]), qp_map(frames[0])
 
 
 @dataclass(frozen=True)

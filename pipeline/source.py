@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from common import qp
+from common.frames import to_bgr
 from common.config import setting, validate
 from common.redact import mask_secrets
 from pipeline.errors import SourceError
@@ -463,7 +464,7 @@ class VideoSource:
         """The frame as players show it, and its QP map turned alike: phones store video sideways with a
         display-matrix rotation (counter-clockwise degrees); the detector needs faces upright. Flips in
         the matrix are ignored."""
-        image, blocks = frame.to_ndarray(format="bgr24"), qp.qp_map(frame)
+        image, blocks = to_bgr(frame), qp.qp_map(frame)
         turns = round(frame.rotation / 90) % 4
         if turns and turns != self._rotation_seen:
             self._rotation_seen = turns

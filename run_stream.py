@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     memory.start_trimming()  # keeps RSS flat on long runs (a daemon thread)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("run_stream").debug("memory allocator: %s", memory.allocator())
     return cli.run(lambda: run(args))
 
 
@@ -128,4 +129,5 @@ def report_cameras(summary: dict, out_dir: Path) -> int:
 
 
 if __name__ == "__main__":
+    memory.restart_under_jemalloc(sys.argv)  # glibc's heaps fragment over a long run: common/memory.py
     sys.exit(main())

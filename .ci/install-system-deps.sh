@@ -15,6 +15,7 @@ PACKAGES=(
   gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly
   gstreamer1.0-libav
+  libjemalloc2
 )
 
 missing=()

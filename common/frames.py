@@ -24,7 +24,8 @@ import numpy as np
 
 #: swscale's threads per converter. One: the conversion runs beside detection and enhancement, which already
 #: use every core (two threads: 0.62 instead of 0.77 ms a 1080p frame on an idle 2-core machine, 0.19
-#: instead of 0.12 at 360p).
+#: instead of 0.12 at 360p). It also keeps a converter that a forked worker (a DataLoader's) inherits usable:
+#: a context with worker threads would lose them in the fork.
 THREADS = 1
 
 _local = threading.local()

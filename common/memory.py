@@ -18,6 +18,17 @@ makes such cycles says how many bytes they hold (`owe_cycles`); past CYCLE_BUDGE
 them. `freeze_long_lived`, once the models are loaded, takes their ~200k objects out of the collector's scans:
 a full collection then costs 35 ms instead of 155 (1080p arcade clip, BENCHMARKS.md "Soak").
 
+Third, and first in effect: glibc's heaps fragment under the detector's batches. MTCNN's pyramid tensors
+(several MB each) change size with the frames per call (1-4 on a live camera: what is queued, split by
+the pacer), small long-lived blocks settle between them, and the main thread's heap grows: a live camera
+at 360p rose 14-22 MB/min over 30 minutes, the free memory inside the main heap from 0.3 to 0.8 GB in three
+minutes, with the memory in use flat (BENCHMARKS.md, "A live camera"). jemalloc's size classes do not
+fragment so: the same run stayed at 0.5-0.6 GB. So `run_stream.py` restarts itself once under jemalloc
+where the library is installed (Debian: libjemalloc2), with purging off (`JEMALLOC_CONF`): jemalloc's
+default purge after 10 s made every new block fault its pages in again and detection 2x slower (the same
+cost as glibc's fixed mmap threshold, "Allocator, revisited"); unpurged it detects as fast as glibc.
+FACESR_ALLOCATOR=system keeps the system allocator.
+
 Example:
     >>> trimmer = start_trimming(interval_s=10.0)  # doctest: +SKIP   (a daemon thread; a run stops it)
     >>> trimmer.stop()  # doctest: +SKIP
@@ -29,6 +40,7 @@ import ctypes.util
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -39,12 +51,50 @@ TRIM_INTERVAL_S = 10.0
 CYCLE_BUDGET = 64 << 20
 # A user who set glibc's malloc tunables manages the allocator: this module then does nothing.
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+#: Where jemalloc is when installed from the distribution (Debian/Ubuntu: libjemalloc2; Fedora: jemalloc).
+JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
+#: Never purge freed pages (decay -1): a purged page is faulted in again by the next block, which doubled
+#: detection's time; what is kept is reused, so the resident size follows the run's peak in use.
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+#: Environment switch: "system" keeps the C library's allocator; anything else (or unset): jemalloc if installed.
+ALLOCATOR_ENV = "FACESR_ALLOCATOR"
+
+
+def allocator() -> str:
+    """"jemalloc" when it serves this process's malloc, else "system"."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            return "jemalloc" if any("libjemalloc" in line for line in maps) else "system"
+    except OSError:  # not Linux
+        return "system"
+
+
+def find_jemalloc() -> str | None:
+    """The installed jemalloc library, or None."""
+    return next((p for p in JEMALLOC_PATHS if os.path.isfile(p)), None)
+
+
+def restart_under_jemalloc(argv: list[str]) -> None:
+    """Replace this process by `python argv...` with jemalloc preloaded (see the module's docstring), once:
+    returns (doing nothing) where it is not installed, already loaded, FACESR_ALLOCATOR=system, or the user
+    tuned glibc's malloc. Call it first thing in a script's __main__, before threads or files exist."""
+    if (os.environ.get(ALLOCATOR_ENV) == "system" or any(name in os.environ for name in USER_SETTINGS)
+            or allocator() == "jemalloc" or os.environ.get("_FACESR_REEXEC")):
+        return
+    library = find_jemalloc()
+    if library is None:
+        return
+    env = dict(os.environ, _FACESR_REEXEC="1")  # a preload that did not take is not retried forever
+    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD")]))
+    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+    os.execve(sys.executable, [sys.executable, *argv], env)
 
 
 def _malloc_trim():
     """glibc's malloc_trim, or None where the C library has none (macOS, musl) or the user tuned malloc."""
-    if any(name in os.environ for name in USER_SETTINGS):
-        return None
+    if any(name in os.environ for name in USER_SETTINGS) or allocator() == "jemalloc":
+        return None  # jemalloc keeps its own heaps: glibc's are empty
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         return libc.malloc_trim
@@ -77,7 +127,7 @@ def start_trimming(interval_s: float = TRIM_INTERVAL_S) -> Trimmer | None:
     malloc tunables in the environment (nothing started)."""
     trim = _malloc_trim()
     if trim is None:
-        log.debug("malloc_trim unavailable or malloc tuned by the user; allocator left alone")
+        log.debug("malloc_trim unavailable, malloc tuned by the user, or jemalloc in use; allocator left alone")
         return None
     return Trimmer(trim, interval_s)
 

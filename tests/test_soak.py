@@ -93,6 +93,37 @@ def test_no_trimming_when_the_user_tuned_malloc(monkeypatch):
     assert memory.start_trimming() is None
 
 
+# What a script's __main__ does (run_stream.py): restart under jemalloc, then say which allocator serves it.
+RESTART = """
+import os, sys
+sys.path.insert(0, os.getcwd())
+from common import memory
+memory.restart_under_jemalloc(sys.argv)
+print(memory.allocator(), os.environ.get("MALLOC_CONF"), memory.start_trimming() is None)
+"""
+
+
+@pytest.mark.skipif(memory.find_jemalloc() is None, reason="jemalloc not installed (Debian: apt install "
+                    "libjemalloc2; .ci/install-system-deps.sh installs it)")
+@pytest.mark.parametrize("choice", [None, "system"])
+def test_a_run_restarts_under_jemalloc_unless_told_not_to(tmp_path, monkeypatch, choice):
+    import subprocess
+
+    script = tmp_path / "main.py"
+    script.write_text(RESTART, encoding="utf-8")
+    for name in ("LD_PRELOAD", "MALLOC_CONF", "_FACESR_REEXEC", *memory.USER_SETTINGS):
+        monkeypatch.delenv(name, raising=False)
+    if choice:
+        monkeypatch.setenv(memory.ALLOCATOR_ENV, choice)
+    else:
+        monkeypatch.delenv(memory.ALLOCATOR_ENV, raising=False)
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, check=True)
+    if choice == "system":
+        assert out.stdout.split() == ["system", "None", "False"]  # glibc, trimmed as before
+    else:
+        assert out.stdout.split() == ["jemalloc", memory.JEMALLOC_CONF, "True"]  # no trimmer beside jemalloc
+
+
 def test_restarts_need_rtsp(tmp_path):
     assert soak.main(["--minutes", "1", "--warmup", "0", "--restart-every", "1", "--out", str(tmp_path)]) == 2
 

@@ -18,12 +18,13 @@ makes such cycles says how many bytes they hold (`owe_cycles`); past CYCLE_BUDGE
 them. `freeze_long_lived`, once the models are loaded, takes their ~200k objects out of the collector's scans:
 a full collection then costs 35 ms instead of 155 (1080p arcade clip, BENCHMARKS.md "Soak").
 
-Third, and first in effect: glibc's heaps fragment under the detector's batches. MTCNN's pyramid tensors
+Third: glibc's heaps fragment under the detector's batches. MTCNN's pyramid tensors
 (several MB each) change size with the frames per call (1-4 on a live camera: what is queued, split by
 the pacer), small long-lived blocks settle between them, and the main thread's heap grows: a live camera
 at 360p rose 14-22 MB/min over 30 minutes, the free memory inside the main heap from 0.3 to 0.8 GB in three
 minutes, with the memory in use flat (BENCHMARKS.md, "A live camera"). jemalloc's size classes do not
-fragment so: the same run stayed at 0.5-0.6 GB. So `run_stream.py` restarts itself once under jemalloc
+fragment so: 5 minutes of that camera stayed at 0.5-0.6 GB (glibc: 0.7 -> 1.3), and the 30-minute soak with the
+model peaked at 1.4 GB instead of 2.0, processing 17 % more frames. So `run_stream.py` restarts itself once under jemalloc
 where the library is installed (Debian: libjemalloc2), with purging off (`JEMALLOC_CONF`): jemalloc's
 default purge after 10 s made every new block fault its pages in again and detection 2x slower (the same
 cost as glibc's fixed mmap threshold, "Allocator, revisited"); unpurged it detects as fast as glibc.
@@ -80,7 +81,7 @@ def restart_under_jemalloc(argv: list[str]) -> None:
     returns (doing nothing) where it is not installed, already loaded, FACESR_ALLOCATOR=system, or the user
     tuned glibc's malloc. Call it first thing in a script's __main__, before threads or files exist."""
     if (os.environ.get(ALLOCATOR_ENV) == "system" or any(name in os.environ for name in USER_SETTINGS)
-            or allocator() == "jemalloc" or os.environ.get("_FACESR_REEXEC")):
+            or allocator() == "jemalloc" or os.environ.get("_FACESR_REEXEC") or not sys.executable):
         return
     library = find_jemalloc()
     if library is None:

@@ -24,8 +24,8 @@ the pacer), small long-lived blocks settle between them, and the main thread's h
 at 360p rose 14-22 MB/min over 30 minutes, the free memory inside the main heap from 0.3 to 0.8 GB in three
 minutes, with the memory in use flat (BENCHMARKS.md, "A live camera"). jemalloc's size classes do not
 fragment so: 5 minutes of that camera stayed at 0.5-0.6 GB (glibc: 0.7 -> 1.3), and the 30-minute soak with the
-model peaked at 1.4 GB instead of 2.0, processing 17 % more frames. So `run_stream.py` restarts itself once under jemalloc
-where the library is installed (Debian: libjemalloc2), with purging off (`JEMALLOC_CONF`): jemalloc's
+model peaked at 1.4 GB instead of 2.0, processing 17 % more frames. So `run_stream.py` restarts itself once
+under jemalloc where the library is installed (Debian: libjemalloc2), with purging off (`JEMALLOC_CONF`): jemalloc's
 default purge after 10 s made every new block fault its pages in again and detection 2x slower (the same
 cost as glibc's fixed mmap threshold, "Allocator, revisited"); unpurged it detects as fast as glibc.
 FACESR_ALLOCATOR=system keeps the system allocator.

@@ -3,10 +3,9 @@
 Why not PyAV's `frame.to_ndarray(format="bgr24")`: it gives every frame a converter of its own (a swscale
 context), and FFmpeg 8's swscale starts worker threads for each context (two per context on a 2-core machine),
 which live as long as the frame. A frame whose QP side data was read lives until the next full cycle
-collection (common/qp.py, common/memory.py): at 360p that is ~185 frames, so a live camera kept 60-210 threads
-coming and going, and the malloc heaps fragmented: RSS rose by 21.9 MB/min over a 30-minute live soak
-with the model; sampled inside the process, the memory in use stayed at ~450 MB while the free memory inside
-the heaps rose from 169 to 601 MB in three minutes (BENCHMARKS.md, "A live camera with the model").
+collection (common/qp.py, common/memory.py): at 360p that is ~185 frames, so a live camera kept 34-214 threads
+coming and going (BENCHMARKS.md, "A live camera: a thread per frame, then the detector's heap"; the memory
+that run gained came mostly from glibc's heap under the detector, common/memory.py).
 One converter per converting thread (the source's reader, or the thread that reads a live camera) is made
 once and reused frame after frame: the output is the same, bit for bit, and sooner (0.77 instead of
 1.30 ms a 1080p frame, 0.12 instead of 0.45 at 360p).

@@ -12,7 +12,8 @@ import pytest
 from skimage import data as skdata
 
 from common.frames import to_bgr
-from common.qp import DECODER_OPTIONS, qp_map
+from common.qp import qp_map
+from tests.test_qp import decoded as qp_clip
 
 pytestmark = pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV has no libx264 encoder")
 
@@ -20,14 +21,7 @@ pytestmark = pytest.mark.skipif("libx264" not in av.codecs_available, reason="th
 def decoded(n: int, w: int = 320, h: int = 240) -> list[av.VideoFrame]:
     """n frames of a moving astronaut through libx264 and back, decoded with the QP side data on."""
     still = cv2.resize(skdata.astronaut()[..., ::-1], (w + n, h), interpolation=cv2.INTER_AREA)
-    enc = av.CodecContext.create("libx264", "w")
-    enc.width, enc.height, enc.pix_fmt, enc.options = w, h, "yuv420p", {"preset": "ultrafast"}
-    packets = [p for i in range(n)
-               for p in enc.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(still[:, i:i + w]), "bgr24"))]
-    packets += list(enc.encode(None))
-    dec = av.CodecContext.create("h264", "r")
-    dec.options = dict(DECODER_OPTIONS)
-    return [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
+    return qp_clip([np.ascontiguousarray(still[:, i:i + w]) for i in range(n)], preset="ultrafast")
 
 
 def threads_now() -> int:

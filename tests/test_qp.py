@@ -37,14 +37,19 @@ def encode(frames: list[np.ndarray], path: Path | None = None, **options: str):
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
             container.mux(stream.encode(None))
         return path
+    return [(f.to_ndarray(format="bgr24"), qp_map(f), f.pict_type) for f in decoded(frames, **options)]
+
+
+def decoded(frames: list[np.ndarray], **options: str) -> list[av.VideoFrame]:
+    """The frames through libx264 with `options` and back in memory, decoded with the QP side data on."""
+    h, w = frames[0].shape[:2]
     enc = av.CodecContext.create("libx264", "w")
     enc.width, enc.height, enc.pix_fmt, enc.options = w, h, "yuv420p", options
     packets = [p for f in frames for p in enc.encode(av.VideoFrame.from_ndarray(f, format="bgr24"))]
     packets += list(enc.encode(None))
     dec = av.CodecContext.create("h264", "r")
     dec.options = dict(DECODER_OPTIONS)
-    out = [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
-    return [(f.to_ndarray(format="bgr24"), qp_map(f), f.pict_type) for f in out]
+    return [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
 
 
 def astronaut(w: int = 96, h: int = 64) -> np.ndarray:

@@ -76,19 +76,36 @@ def find_jemalloc() -> str | None:
     return next((p for p in JEMALLOC_PATHS if os.path.isfile(p)), None)
 
 
+def jemalloc_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment variables that start a process under jemalloc with this module's settings
+    (`LD_PRELOAD`, and `MALLOC_CONF` unless the user set one); {} where jemalloc is not installed,
+    FACESR_ALLOCATOR=system, or the user tuned glibc's malloc (`environ`: os.environ by default).
+
+    Example:
+        >>> jemalloc_env()  # doctest: +SKIP
+        {'LD_PRELOAD': '/usr/lib/x86_64-linux-gnu/libjemalloc.so.2', 'MALLOC_CONF': 'dirty_decay_ms:-1,...'}
+    """
+    environ = os.environ if environ is None else environ
+    if environ.get(ALLOCATOR_ENV) == "system" or any(name in environ for name in USER_SETTINGS):
+        return {}
+    library = find_jemalloc()
+    if library is None:
+        return {}
+    preload = environ.get("LD_PRELOAD", "").split()
+    preload = " ".join(preload if library in preload else [library, *preload])  # a restarted process has it
+    return {"LD_PRELOAD": preload, "MALLOC_CONF": environ.get("MALLOC_CONF", JEMALLOC_CONF)}
+
+
 def restart_under_jemalloc(argv: list[str]) -> None:
     """Replace this process by `python argv...` with jemalloc preloaded (see the module's docstring), once:
     returns (doing nothing) where it is not installed, already loaded, FACESR_ALLOCATOR=system, or the user
     tuned glibc's malloc. Call it first thing in a script's __main__, before threads or files exist."""
-    if (os.environ.get(ALLOCATOR_ENV) == "system" or any(name in os.environ for name in USER_SETTINGS)
-            or allocator() == "jemalloc" or os.environ.get("_FACESR_REEXEC") or not sys.executable):
+    if allocator() == "jemalloc" or os.environ.get("_FACESR_REEXEC") or not sys.executable:
         return
-    library = find_jemalloc()
-    if library is None:
+    preload = jemalloc_env()
+    if not preload:
         return
-    env = dict(os.environ, _FACESR_REEXEC="1")  # a preload that did not take is not retried forever
-    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD")]))
-    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
+    env = dict(os.environ, _FACESR_REEXEC="1", **preload)  # a preload that did not take is not retried forever
     os.execve(sys.executable, [sys.executable, *argv], env)
 
 

@@ -19,8 +19,8 @@ asking and the workers stop reading (a file waits; a live camera drops its oldes
 Placement: Ray puts each worker where `cluster.camera_cpus` CPUs are free and each enhancer replica
 where `cluster.enhance_cpus` CPUs and `cluster.enhance_gpus` GPUs are; a run that asks for more than
 the cluster has is refused before anything starts (it would wait for ever). The project's code goes
-to the workers with the job (`RUNTIME_ENV`, py_modules, given to ray.init): the nodes need its
-dependencies only; a caller that connected already (a test) passes RUNTIME_ENV itself.
+to the workers with the job (`runtime_env()`: py_modules, given to ray.init): the nodes need its
+dependencies only; a caller that connected already (a test) passes runtime_env() itself.
 
 Faults: a worker that dies is restarted by Ray (up to `cluster.max_restarts` times, then its camera
 fails alone). The new worker reopens the camera and waits to be told where to resume: a file after
@@ -83,8 +83,17 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The project's packages, shipped to every actor of the job (and the weights in models/weights with them).
-RUNTIME_ENV = {"py_modules": [str(ROOT / name) for name in ("common", "models", "pipeline", "trackers")]}
+MODULES = [str(ROOT / name) for name in ("common", "models", "pipeline", "trackers")]
 NAMESPACE = "facesr"  # the workers' names live here: camera-<id>-<run>
+
+
+def runtime_env() -> dict[str, Any]:
+    """What every actor of the job gets: the project's code, and jemalloc preloaded as in run_stream.py
+    (common/memory.py: glibc's heaps fragment under the detector; a worker runs as long as its camera)
+    where the driver has it installed: a node is expected to have it at the same path (its absence there
+    costs a warning line from the loader and the system allocator)."""
+    return {"py_modules": MODULES, "env_vars": memory.jemalloc_env()}
+
 #: Wait before the first resend of a failed enhancer request, doubled for each next one.
 RETRY_WAIT_S = 0.5
 SERVE_LOGGING = {"log_level": "WARNING"}  # not a line per request
@@ -293,7 +302,7 @@ class ClusterRunner(Runner):
         handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             ray.init(address=None if self.address == "auto" else self.address, namespace=NAMESPACE,
-                     runtime_env=RUNTIME_ENV, logging_level=logging.WARNING)
+                     runtime_env=runtime_env(), logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"--cluster {self.address}: cannot connect: {exc}") from None
         finally:

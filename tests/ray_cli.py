@@ -2,7 +2,7 @@
 started as a user starts it, joining the test's cluster (conftest.ray_cluster) through RAY_ADDRESS.
 
 The CLI is always a separate process: each process uploads the project's code to the cluster with its job
-(pipeline.cluster.RUNTIME_ENV), and Ray remembers an upload per process, not per cluster, so a second cluster in
+(pipeline.cluster.runtime_env()), and Ray remembers an upload per process, not per cluster, so a second cluster in
 the test process would miss it."""
 from __future__ import annotations
 

@@ -4,14 +4,18 @@ small): tests/faults/test_ray.py."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from ray_cli import FAST, start_cli
 
+from common import memory
 from pipeline.cameras import load_cameras
 from pipeline.demo import make_demo_clip
 from pipeline.run_folder import TRACKS_FILE, load_run
@@ -72,6 +76,37 @@ def test_workers_and_the_serve_enhancer_write_what_one_process_writes(ray_cluste
         assert own["face_latency_s"]["faces"] == own["faces_written"]
         assert (out / cam / "index.html").is_file()
     assert (out / "index.html").is_file()
+
+
+def processes(title: str) -> dict[int, str]:
+    """pid -> /proc/pid/maps of this machine's processes whose command line (Ray's title for an actor's
+    process: ray::CameraWorker...) contains `title`."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and title in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found[int(proc.name)] = (proc / "maps").read_text()
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+@pytest.mark.skipif(memory.find_jemalloc() is None, reason="jemalloc not installed (Debian: apt install "
+                    "libjemalloc2; .ci/install-system-deps.sh installs it)")
+def test_camera_workers_and_the_enhancer_run_under_jemalloc_like_one_process(ray_cluster, tmp_path):
+    # the test's cluster was started by pytest, without jemalloc: only the job's runtime env can preload it
+    proc, _ = start_cli(ray_cluster, tmp_path, 600)
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := processes("ray::CameraWorker")) < 2 or not (replicas := processes("ray::ServeReplica")):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no camera workers and enhancer within 120 s"
+            time.sleep(0.2)
+        assert all("libjemalloc" in maps for maps in workers.values()), sorted(workers)
+        assert all("libjemalloc" in maps for maps in replicas.values()), sorted(replicas)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
 
 
 def test_a_run_without_cluster_never_imports_ray(tmp_path):

@@ -124,6 +124,19 @@ def test_a_run_restarts_under_jemalloc_unless_told_not_to(tmp_path, monkeypatch,
         assert out.stdout.split() == ["jemalloc", memory.JEMALLOC_CONF, "True"]  # no trimmer beside jemalloc
 
 
+@pytest.mark.skipif(memory.find_jemalloc() is None, reason="jemalloc not installed (Debian: apt install "
+                    "libjemalloc2; .ci/install-system-deps.sh installs it)")
+def test_the_jemalloc_environment_preloads_once_and_keeps_the_users_settings():
+    lib = memory.find_jemalloc()
+    assert memory.jemalloc_env({}) == {"LD_PRELOAD": lib, "MALLOC_CONF": memory.JEMALLOC_CONF}
+    # a process restarted under it (the Ray driver) hands it on without a second copy; other preloads stay
+    assert memory.jemalloc_env({"LD_PRELOAD": f"{lib} libx.so"})["LD_PRELOAD"] == f"{lib} libx.so"
+    assert memory.jemalloc_env({"LD_PRELOAD": "libx.so"})["LD_PRELOAD"] == f"{lib} libx.so"
+    assert memory.jemalloc_env({"MALLOC_CONF": "narenas:2"})["MALLOC_CONF"] == "narenas:2"
+    assert memory.jemalloc_env({memory.ALLOCATOR_ENV: "system"}) == {}
+    assert memory.jemalloc_env({"MALLOC_TRIM_THRESHOLD_": "65536"}) == {}
+
+
 def test_restarts_need_rtsp(tmp_path):
     assert soak.main(["--minutes", "1", "--warmup", "0", "--restart-every", "1", "--out", str(tmp_path)]) == 2
 

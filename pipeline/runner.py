@@ -124,8 +124,12 @@ class Pacer:
         spent = 0.0
         while len(out) < len(items) and not stop.is_set():
             start = end = len(out)
+            # Equal shares: 4 items where a call may hold 3 go as 2 + 2, not 3 + 1. Fewer distinct batch shapes:
+            # the detector's pyramid tensors change size with them (BENCHMARKS.md, "A live camera").
+            rest = sum(self.weight(item) for item in items[start:])
+            share = -(-rest // -(-rest // self.size)) if rest else self.size
             weight = 0
-            while end < len(items) and (end == start or weight + self.weight(items[end]) <= self.size):
+            while end < len(items) and (end == start or weight + self.weight(items[end]) <= share):
                 weight += self.weight(items[end])
                 end += 1
             t0 = time.perf_counter()

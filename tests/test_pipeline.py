@@ -404,3 +404,26 @@ def test_pacer_sizes_calls_to_about_call_s_and_stops_between_calls(monkeypatch):
     assert calls == [["model"], ["model", "free", "model"], ["model", "free", "model"]]
     assert out == ["MODEL", "MODEL", "FREE", "MODEL", "MODEL", "FREE", "MODEL"] and seconds == pytest.approx(1.0)
     assert Pacer(most=3).run(lambda xs: xs, list(range(20)), threading.Event())[0] == list(range(20))
+
+
+def test_pacer_splits_what_one_call_cannot_hold_into_equal_calls(monkeypatch):
+    """Items costing a third of CALL_S each (a fake clock): calls hold 3; 4 items go as 2 + 2, not 3 + 1, and 7 as
+    3 + 2 + 2: fewer distinct batch shapes for the detector (its pyramid tensors change size with them)."""
+    import pipeline.runner as runner_module
+
+    clock = [0.0]
+    monkeypatch.setattr(runner_module.time, "perf_counter", lambda: clock[0])
+    calls: list[list[int]] = []
+
+    def work(items: list[int]) -> list[int]:
+        calls.append(items)
+        clock[0] += len(items) * runner_module.CALL_S / 3
+        return items
+
+    pacer = Pacer(most=4)
+    pacer.size = 3
+    assert pacer.run(work, [0, 1, 2, 3], threading.Event())[0] == [0, 1, 2, 3]
+    assert calls == [[0, 1], [2, 3]] and pacer.size == 3
+    calls.clear()
+    assert pacer.run(work, list(range(7)), threading.Event())[0] == list(range(7))
+    assert calls == [[0, 1, 2], [3, 4], [5, 6]]

@@ -56,8 +56,11 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNA
 JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
                   "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
 #: Never purge freed pages (decay -1): a purged page is faulted in again by the next block, which doubled
-#: detection's time; what is kept is reused, so the resident size follows the run's peak in use.
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+#: detection's time; what is kept is reused, so the resident size follows the run's peak in use. One arena
+#: (narenas:1): every thread's freed pages serve every other thread, so what is kept is the peak of the whole
+#: process, not the sum of each arena's own peak (jemalloc's default: 4 arenas per CPU, threads spread over
+#: them). On the live soak it levelled off after 10 minutes, detection as fast (BENCHMARKS.md, "A live camera").
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1"
 #: Environment switch: "system" keeps the C library's allocator; anything else (or unset): jemalloc if installed.
 ALLOCATOR_ENV = "FACESR_ALLOCATOR"
 

@@ -59,7 +59,7 @@ JEMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch6
 #: detection's time; what is kept is reused, so the resident size follows the run's peak in use. One arena
 #: (narenas:1): every thread's freed pages serve every other thread, so what is kept is the peak of the whole
 #: process, not the sum of each arena's own peak (jemalloc's default: 4 arenas per CPU, threads spread over
-#: them). On the live soak it levelled off after 10 minutes, detection as fast (BENCHMARKS.md, "A live camera").
+#: them). On the live soak it rose in steps to a ceiling and held it; detection as fast (BENCHMARKS.md, "One arena").
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:1"
 #: Environment switch: "system" keeps the C library's allocator; anything else (or unset): jemalloc if installed.
 ALLOCATOR_ENV = "FACESR_ALLOCATOR"

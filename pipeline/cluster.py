@@ -85,6 +85,11 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The project's packages, shipped to every actor of the job (and the weights in models/weights with them).
 MODULES = [str(ROOT / name) for name in ("common", "models", "pipeline", "trackers")]
 NAMESPACE = "facesr"  # the workers' names live here: camera-<id>-<run>
+#: Wait before the first resend of a failed enhancer request, doubled for each next one.
+RETRY_WAIT_S = 0.5
+SERVE_LOGGING = {"log_level": "WARNING"}  # not a line per request
+#: After a stop request, the longest the driver waits for faces already sent to the enhancer.
+DRAIN_S = 3.0
 
 
 def runtime_env() -> dict[str, Any]:
@@ -93,12 +98,6 @@ def runtime_env() -> dict[str, Any]:
     where the driver has it installed: a node is expected to have it at the same path (its absence there
     costs a warning line from the loader and the system allocator)."""
     return {"py_modules": MODULES, "env_vars": memory.jemalloc_env()}
-
-#: Wait before the first resend of a failed enhancer request, doubled for each next one.
-RETRY_WAIT_S = 0.5
-SERVE_LOGGING = {"log_level": "WARNING"}  # not a line per request
-#: After a stop request, the longest the driver waits for faces already sent to the enhancer.
-DRAIN_S = 3.0
 
 
 #: The enhancer's answer per face: image, scale, method, strength, fell back to bicubic, seconds (its share).

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import queue
 import signal
@@ -127,7 +128,7 @@ class Pacer:
             # Equal shares: 4 items where a call may hold 3 go as 2 + 2, not 3 + 1. Fewer distinct batch shapes:
             # the detector's pyramid tensors change size with them (BENCHMARKS.md, "A live camera").
             rest = sum(self.weight(item) for item in items[start:])
-            share = -(-rest // -(-rest // self.size)) if rest else self.size
+            share = math.ceil(rest / math.ceil(rest / self.size)) if rest else self.size
             weight = 0
             while end < len(items) and (end == start or weight + self.weight(items[end]) <= share):
                 weight += self.weight(items[end])

@@ -123,20 +123,22 @@ class Pacer:
         Once `stop` is set no further call starts: the results then cover a prefix of `items`."""
         out: list = []
         spent = 0.0
+        weights = [self.weight(item) for item in items]
+        rest = sum(weights)  # weight of the items not yet in a call
         while len(out) < len(items) and not stop.is_set():
             start = end = len(out)
             # Equal shares: 4 items where a call may hold 3 go as 2 + 2, not 3 + 1. Fewer distinct batch shapes:
             # the detector's pyramid tensors change size with them (BENCHMARKS.md, "A live camera").
-            rest = sum(self.weight(item) for item in items[start:])
             share = math.ceil(rest / math.ceil(rest / self.size)) if rest else self.size
             weight = 0
-            while end < len(items) and (end == start or weight + self.weight(items[end]) <= share):
-                weight += self.weight(items[end])
+            while end < len(items) and (end == start or weight + weights[end] <= share):
+                weight += weights[end]
                 end += 1
             t0 = time.perf_counter()
             out += fn(items[start:end])
             seconds = time.perf_counter() - t0
             spent += seconds
+            rest -= weight
             if weight:  # grow at most twofold: one quick call may be noise
                 fit = int(weight * CALL_S / max(seconds, 1e-6))
                 self.size = max(1, min(self.most, fit, 2 * self.size))

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 from ray_cli import FAST, start_cli
 
-from common import memory
 from pipeline.cameras import load_cameras
 from pipeline.demo import make_demo_clip
 from pipeline.run_folder import TRACKS_FILE, load_run
 from pipeline.runner import Runner
+from tests.test_soak import needs_jemalloc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +90,7 @@ def processes(title: str) -> dict[int, str]:
     return found
 
 
-@pytest.mark.skipif(memory.find_jemalloc() is None, reason="jemalloc not installed (Debian: apt install "
-                    "libjemalloc2; .ci/install-system-deps.sh installs it)")
+@needs_jemalloc
 def test_camera_workers_and_the_enhancer_run_under_jemalloc_like_one_process(ray_cluster, tmp_path):
     # the test's cluster was started by pytest, without jemalloc: only the job's runtime env can preload it
     proc, _ = start_cli(ray_cluster, tmp_path, 600)

@@ -15,6 +15,8 @@ from pipeline.demo import make_demo_clip
 from pipeline.source import SourceConfig, open_source
 
 ROOT = Path(__file__).resolve().parents[1]
+needs_jemalloc = pytest.mark.skipif(memory.find_jemalloc() is None, reason="jemalloc not installed (Debian: apt "
+                                    "install libjemalloc2; .ci/install-system-deps.sh installs it)")
 _spec = importlib.util.spec_from_file_location("soak_benchmark", ROOT / "benchmarks/soak.py")
 soak = importlib.util.module_from_spec(_spec)
 sys.modules["soak_benchmark"] = soak
@@ -103,8 +105,7 @@ print(memory.allocator(), os.environ.get("MALLOC_CONF"), memory.start_trimming()
 """
 
 
-@pytest.mark.skipif(memory.find_jemalloc() is None, reason="jemalloc not installed (Debian: apt install "
-                    "libjemalloc2; .ci/install-system-deps.sh installs it)")
+@needs_jemalloc
 @pytest.mark.parametrize("choice", [None, "system"])
 def test_a_run_restarts_under_jemalloc_unless_told_not_to(tmp_path, monkeypatch, choice):
     import subprocess
@@ -124,8 +125,7 @@ def test_a_run_restarts_under_jemalloc_unless_told_not_to(tmp_path, monkeypatch,
         assert out.stdout.split() == ["jemalloc", memory.JEMALLOC_CONF, "True"]  # no trimmer beside jemalloc
 
 
-@pytest.mark.skipif(memory.find_jemalloc() is None, reason="jemalloc not installed (Debian: apt install "
-                    "libjemalloc2; .ci/install-system-deps.sh installs it)")
+@needs_jemalloc
 def test_the_jemalloc_environment_preloads_once_and_keeps_the_users_settings():
     lib = memory.find_jemalloc()
     assert memory.jemalloc_env({}) == {"LD_PRELOAD": lib, "MALLOC_CONF": memory.JEMALLOC_CONF}

@@ -252,7 +252,10 @@ def measure(arm_name: str, sources: list[str], live: bool, args: argparse.Namesp
         arm.kill()  # only after an error: the others are reaped by now
     summaries = arm.summaries()
     last = {key: {k: s[k] for k in COUNTS} for key, s in summaries.items()}
-    window = closed - opened
+    # Rounded once, here, and every rate below is computed from the rounded figures, so the report's numbers
+    # agree with each other (the CPU time is a difference of /proc ticks and wait4's microseconds: a short
+    # window's rate would move by a percent at two decimals).
+    window, cpu = round(closed - opened, 3), round(cpu, 3)
     delta = {key: {k: last[key][k] - first[key][k] for k in COUNTS} for key in sorted(first)}
     faces = sum(d["faces_written"] for d in delta.values())
     stages: dict[str, float] = {}
@@ -261,9 +264,9 @@ def measure(arm_name: str, sources: list[str], live: bool, args: argparse.Namesp
             stages[stage] = round(stages.get(stage, 0.0) + v["seconds"], 3)
     peaks = [round(p.peak_rss_kb / 1024, 1) for p in arm.procs]
     return {
-        "processes": len(arm.procs), "startup_s": round(opened - launched, 2), "window_s": round(window, 2),
+        "processes": len(arm.procs), "startup_s": round(opened - launched, 2), "window_s": window,
         "faces_written": int(faces), "faces_per_s": round(faces / window, 4),
-        "cpu_s": round(cpu, 2), "faces_per_cpu_s": round(faces / cpu, 4) if cpu > 0 else None,
+        "cpu_s": cpu, "faces_per_cpu_s": round(faces / cpu, 4) if cpu > 0 else None,
         "frames_processed": int(sum(d["frames_processed"] for d in delta.values())),
         "camera_fps": [round(d["frames_processed"] / window, 3) for d in delta.values()],
         "frames_dropped": int(sum(d["frames_dropped"] for d in delta.values())),

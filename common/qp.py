@@ -3,7 +3,7 @@
 Why: a super-resolution model sharpens what it is given; on heavily quantised blocks it sharpens the
 codec's artefacts too, and a recognizer then does worse than on bicubic (models/weights/README.md,
 "Strength by compression"). The encoder wrote the quantiser of every 16 x 16 macroblock into the stream, and
-FFmpeg's H.264 decoder hands it back exactly and at no cost when asked (`DECODER_OPTIONS`, the
+FFmpeg's H.264 decoder hands it back exactly and at no cost when asked (`export_qp`, the
 AV_FRAME_DATA_VIDEO_ENC_PARAMS side data): no estimate from pixels needed.
 
 Only H.264 is read (0-51; lower is finer; P and B frames shifted to the intra scale): other codecs'
@@ -27,7 +27,7 @@ import numpy as np
 from common import memory
 
 #: Decoder options that make FFmpeg attach the QP side data to every decoded frame.
-DECODER_OPTIONS = {"export_side_data": "venc_params"}
+_DECODER_OPTIONS = {"export_side_data": "venc_params"}
 _H264 = 1  # AVVideoEncParamsType AV_VIDEO_ENC_PARAMS_H264
 # AVVideoEncParams (libavutil/video_enc_params.h): unsigned nb_blocks; size_t blocks_offset, block_size;
 # enum type; int32 qp; int32 delta_qp[4][2]. Each AVVideoBlockParams: int src_x, src_y, w, h; int32 delta_qp.
@@ -40,6 +40,25 @@ INTER_OFFSET = {"P": 3, "B": 5}
 # AVPictureType (libavutil/avutil.h) as PyAV's frame.pict_type gives it; spelled here so that importing this
 # module (pipeline.records does) needs no PyAV: training runs without it.
 _PICTURE_TYPES = {1: "I", 2: "P", 3: "B"}
+
+
+def export_qp(codec_context) -> None:
+    """Make a PyAV decoder attach the QP map to every frame it decodes; call before its first packet.
+
+    Slice threads only: with frame threads FFmpeg's H.264 decoder fills the side data racily (the same
+    file's frame read QP 0 in about half of the decodes, once 10 where the encoder wrote 15). A file then
+    decodes on one thread unless the encoder cut slices: 1080p at 180 frames/s instead of 250 here, far
+    below what detection takes per frame (BENCHMARKS.md, "Decoding with the QP map").
+
+    Example:
+        >>> import av
+        >>> decoder = av.CodecContext.create("h264", "r")
+        >>> export_qp(decoder)
+        >>> decoder.thread_type.name, decoder.options["export_side_data"]
+        ('SLICE', 'venc_params')
+    """
+    codec_context.thread_type = "SLICE"
+    codec_context.options = dict(_DECODER_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,7 @@ def _inter_offset(pict_type) -> int:
 
 
 def qp_map(frame) -> QPMap | None:
-    """The QP map of a decoded PyAV VideoFrame (decoded with DECODER_OPTIONS), on the intra scale
+    """The QP map of a decoded PyAV VideoFrame (decoded after `export_qp`), on the intra scale
     (INTER_OFFSET); None when the frame carries none (not H.264, or the option was not set) or its
     blocks are not one uniform grid."""
     data = next((bytes(sd) for sd in frame.side_data if sd.type.name == "VIDEO_ENC_PARAMS"), None)

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from common.frames import to_bgr
-from common.qp import DECODER_OPTIONS, QPMap, qp_map
+from common.qp import QPMap, export_qp, qp_map
 
 _PART = re.compile(r"^(?:(clean)|noise(\d+(?:\.\d+)?)|jpeg(\d+)|h264crf(\d+))$")
 
@@ -71,7 +71,7 @@ def h264_with_qp(bgr: np.ndarray, crf: int) -> tuple[np.ndarray, QPMap | None]:
     packets = list(codec.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(padded), format="bgr24")))
     packets += list(codec.encode(None))
     decoder = av.CodecContext.create("h264", "r")
-    decoder.options = dict(DECODER_OPTIONS)
+    export_qp(decoder)
     frames = [f for p in packets for f in decoder.decode(p)] + list(decoder.decode(None))
     if not frames:
         raise RuntimeError("H.264 round trip produced no frame")

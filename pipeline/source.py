@@ -355,9 +355,7 @@ class VideoSource:
             container.close()
             raise SourceError(f"{self.name}: no video stream")
         stream = container.streams.video[0]
-        # Frame threads speed up files; live streams keep slice threads (frame threads add latency).
-        stream.thread_type = "SLICE" if self.is_live else "AUTO"
-        stream.codec_context.options = dict(qp.DECODER_OPTIONS)  # each frame's H.264 quantiser: common/qp.py
+        qp.export_qp(stream.codec_context)  # each frame's H.264 quantiser; slice threads (common/qp.py)
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
         self.frame_count = None if self.is_live else (stream.frames or _frames_from_duration(container, stream,

@@ -13,7 +13,7 @@ from skimage import data as skdata
 
 from common.config import build
 from common import memory, qp
-from common.qp import DECODER_OPTIONS, QPMap, qp_map
+from common.qp import QPMap, export_qp, qp_map
 from models.camera import CameraModel
 from pipeline.align import align_face
 from pipeline.enhance import LOW_STRENGTH, QP_FULL, QP_LOW, Enhancer, EnhancerConfig, bicubic, blend, strength_for
@@ -48,7 +48,7 @@ def decoded(frames: list[np.ndarray], **options: str) -> list[av.VideoFrame]:
     packets = [p for f in frames for p in enc.encode(av.VideoFrame.from_ndarray(f, format="bgr24"))]
     packets += list(enc.encode(None))
     dec = av.CodecContext.create("h264", "r")
-    dec.options = dict(DECODER_OPTIONS)
+    export_qp(dec)
     return [f for p in packets for f in dec.decode(p)] + list(dec.decode(None))
 
 
@@ -94,7 +94,7 @@ def test_frames_without_quantiser_side_data_have_no_map():
     dec.width, dec.height, dec.pix_fmt, dec.time_base = 96, 64, "yuv420p", Fraction(1, 10)
     packets = list(dec.encode(av.VideoFrame.from_ndarray(astronaut(), format="bgr24"))) + list(dec.encode(None))
     back = av.CodecContext.create("mpeg4", "r")
-    back.options = dict(DECODER_OPTIONS)
+    export_qp(back)
     frames = [f for p in packets for f in back.decode(p)] + list(back.decode(None))
     assert frames and qp_map(frames[0]) is None
 
@@ -113,7 +113,7 @@ def test_frames_whose_map_was_read_are_freed_within_the_budget(tmp_path, monkeyp
     try:
         with av.open(str(clip)) as container:
             stream = container.streams.video[0]
-            stream.codec_context.options = dict(DECODER_OPTIONS)
+            export_qp(stream.codec_context)
             for frame in container.decode(stream):
                 assert qp_map(frame) is not None
                 alive.append(sum(isinstance(o, av.VideoFrame) for o in gc.get_objects()))

@@ -48,7 +48,7 @@ def decode(path: Path, way: str, frames: int) -> tuple[float, list[bytes | None]
             qp.export_qp(stream.codec_context)
         else:
             stream.thread_type = "AUTO"
-            if way == "frame_threads_qp":
+            if way == "frame_threads_qp":  # the source's former way, kept here to show what it read
                 stream.codec_context.options = dict(qp._DECODER_OPTIONS)
         grids = []
         t0 = time.perf_counter()

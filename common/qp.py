@@ -47,8 +47,9 @@ def export_qp(codec_context) -> None:
 
     Slice threads only: with frame threads FFmpeg's H.264 decoder fills the side data racily (the same
     file's frame read QP 0 in about half of the decodes, once 10 where the encoder wrote 15). A file then
-    decodes on one thread unless the encoder cut slices: 1080p at 180 frames/s instead of 250 here, far
-    below what detection takes per frame (BENCHMARKS.md, "Decoding with the QP map").
+    decodes on one thread unless the encoder cut slices: 6.0 ms a 1080p frame instead of 3.7 here, next
+    to some 600 ms of detection (BENCHMARKS.md, "Decoding with the QP map"). Live sources decoded with
+    slice threads before (frame threads add a frame of latency per thread).
 
     Example:
         >>> import av

@@ -3,6 +3,7 @@
     python benchmarks/soak.py --minutes 30 [--video A.mp4 --video B.mp4 ...] [--warmup 5] \
         [--interval 5] [--tolerance 0.10] [--out out/soak] [--set key=value ...]
     python benchmarks/soak.py --minutes 30 --rtsp --restart-every 5 --video A.mp4 [...]
+    python benchmarks/soak.py --minutes 120 --rtsp --cameras 4 --restart-every 5 --config configs/cctv.yaml [...]
 
 The clips (default: the CCTV clips of ../shared/data/video) are chained many times over in an FFmpeg
 concat list, so the run sees one endless file; `run_stream.py` runs on it as a child process
@@ -15,6 +16,12 @@ the oldest dropped when the pipeline lags. `--restart-every MIN` kills the serve
 every MIN minutes and starts it again on the same port, so the camera reconnects, as real cameras make it do
 (`reconnects` in soak.json, from the run's summary, against `server_restarts`).
 
+`--cameras N`: N cameras in one process, as a site runs them (`run_stream.py --source A --source B ...`: cameras
+cam1, cam2, ... sharing the detector and the enhancer): N copies of the looped file, or with `--rtsp` N servers (camera k serves clip k of
+`--video`, round robin), of which `--restart-every` kills one at a time in turn, so that every camera drops
+and comes back while the others keep running. soak.json then has each camera's counts (`cameras`: frames,
+faces, drops, reconnects, its server's restarts) beside the totals.
+
 Verdict: a straight line is fitted to the samples after the warm-up; the soak passes when that line
 rises by at most `--tolerance` (a fraction) of the RSS at the end of the warm-up over the measured
 window. Writes <out>/soak.json (samples, start / after-warm-up / end / peak RSS, slope, verdict) and
@@ -23,6 +30,7 @@ window. Writes <out>/soak.json (samples, start / after-warm-up / end / peak RSS,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -42,6 +50,7 @@ from common.errors import UserError  # noqa: E402
 VIDEO = ROOT.parent / "shared/data/video"
 DEFAULT_VIDEOS = (VIDEO / "cctv_walking_270p.mp4", VIDEO / "cctv_classroom_270p.mp4")
 LOOP_SECONDS_PER_MINUTE = 60 * 60  # source seconds per soak minute: enough even at 60x real time
+COUNTS = ("frames_processed", "faces_written", "frames_dropped", "reconnects")  # from the run's summary.json
 
 
 def rss_mb(pid: int) -> float | None:
@@ -124,6 +133,11 @@ def plot(samples: list[tuple[float, float]], result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def camera_id(k: int) -> str:
+    """The id run_stream.py gives the k-th (from 0) of repeated --source options."""
+    return f"cam{k + 1}"
+
+
 def _start(server) -> None:
     try:
         server.start()
@@ -132,34 +146,48 @@ def _start(server) -> None:
 
 
 def soak(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        return _soak(args, stack)
+
+
+def _soak(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
     if args.minutes <= 0 or args.interval <= 0 or not 0 <= args.warmup < args.minutes:
         raise UserError("need --minutes > 0, --interval > 0 and 0 <= --warmup < --minutes")
+    if args.cameras < 1:
+        raise UserError("--cameras must be at least 1")
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     videos = args.video or list(DEFAULT_VIDEOS)
-    server = None
+    servers = []
     if args.rtsp:
         from tests.rtsp_server import RtspServer, gst_unavailable_reason
 
         if (why := gst_unavailable_reason()) is not None:
             raise UserError(f"--rtsp: {why}")
-        if not videos[0].is_file():
-            raise UserError(f"{videos[0]}: no such video")
-        server = RtspServer(videos[0])
-        _start(server)
-        source = [server.url]
+        for v in videos:
+            if not v.is_file():
+                raise UserError(f"{v}: no such video")
+        servers = [RtspServer(videos[k % len(videos)]) for k in range(args.cameras)]
+        for server in servers:
+            stack.callback(server.stop)  # however the soak ends: no server left behind
+            _start(server)
+        uris = [server.url for server in servers]
     else:
         if args.restart_every:
             raise UserError("--restart-every needs --rtsp")
-        loop = write_loop(videos, args.minutes, out / "loop.ffconcat")
-        source = [str(loop), "--set", "source.options={safe: '0'}"]  # the concat list names absolute paths
-    cmd = [sys.executable, str(ROOT / "run_stream.py"), "--source", *source, "--out", str(out / "run"),
+        uris = [str(write_loop(videos, args.minutes, out / "loop.ffconcat"))] * args.cameras
+    source = [a for uri in uris for a in ("--source", uri)]  # several: cameras cam1, cam2, ... in one process
+    if args.config:
+        source += ["--config", str(args.config)]
+    if not args.rtsp:  # the concat list names absolute paths
+        source += ["--set", "source.options={safe: '0'}"]
+    cmd = [sys.executable, str(ROOT / "run_stream.py"), *source, "--out", str(out / "run"),
            "--overwrite", "--quiet",
            "--set", "enhance.method=bicubic", "--set", "output.report=false",
            *[a for s in args.overrides for a in ("--set", s)]]
     print("running:", shlex.join(cmd), flush=True)
     samples: list[tuple[float, float]] = []
-    restarts, next_restart = 0, args.restart_every * 60 or math.inf
+    restarts, next_restart = [0] * len(servers), args.restart_every * 60 or math.inf
     with open(out / "run.log", "wb") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         t0 = time.monotonic()
@@ -170,11 +198,13 @@ def soak(args: argparse.Namespace) -> int:
                     break
                 if (rss := rss_mb(child.pid)) is not None:
                     samples.append((round(elapsed, 1), round(rss, 1)))
-                if server is not None and elapsed >= next_restart:
-                    server.kill()
+                if servers and elapsed >= next_restart:
+                    k = sum(restarts) % len(servers)  # one camera at a time, in turn
+                    servers[k].kill()
                     time.sleep(2.0)  # the camera notices: its reads time out or the connection drops
-                    _start(server)
-                    restarts, next_restart = restarts + 1, next_restart + args.restart_every * 60
+                    _start(servers[k])
+                    restarts[k] += 1
+                    next_restart += args.restart_every * 60
         finally:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -183,8 +213,6 @@ def soak(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-            if server is not None:
-                server.stop()
     if elapsed < args.minutes * 60:
         raise UserError(f"the run ended after {elapsed:.0f} s with exit code {child.returncode}, before the "
                         f"{args.minutes:g} minutes were up; see {out / 'run.log'}")
@@ -194,10 +222,14 @@ def soak(args: argparse.Namespace) -> int:
     summary = out / "run" / "summary.json"
     if summary.is_file():
         run = json.loads(summary.read_text(encoding="utf-8"))
-        result.update(frames_processed=run.get("frames_processed"), faces_written=run.get("faces_written"),
-                      frames_dropped=run.get("frames_dropped"), reconnects=run.get("reconnects"))
-    if server is not None:
-        result.update(source="rtsp", server_restarts=restarts)
+        result.update({k: run.get(k) for k in COUNTS})
+        if args.cameras > 1:
+            result["cameras"] = {i: {k: cam.get(k) for k in ("state", *COUNTS)}
+                                 for i, cam in run.get("cameras", {}).items()}
+    if servers:
+        result.update(source="rtsp", server_restarts=sum(restarts))
+        for k, n in enumerate(restarts):
+            result.get("cameras", {}).get(camera_id(k), {})["server_restarts"] = n
     result["samples"] = samples
     (out / "soak.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     plot(samples, result, out / "soak.png")
@@ -221,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtsp", action="store_true",
                     help="serve the first clip from a local RTSP server in a loop and read it live")
     ap.add_argument("--restart-every", type=float, default=0.0, metavar="MIN",
-                    help="with --rtsp: kill and restart the server every MIN minutes (the camera reconnects)")
+                    help="with --rtsp: kill and restart a server every MIN minutes (its camera reconnects; with "
+                         "several cameras, one server at a time, in turn)")
+    ap.add_argument("--cameras", type=int, default=1, metavar="N",
+                    help="N cameras in one process (run_stream.py with --source repeated; default 1)")
+    ap.add_argument("--config", type=Path, help="preset for run_stream.py (default: the built-in defaults)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="pipeline config override passed to run_stream.py (repeatable)")
     return cli.run(lambda: soak(ap.parse_args(argv)))

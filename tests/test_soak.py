@@ -152,3 +152,25 @@ def test_rtsp_soak_reconnects_after_each_server_restart(tmp_path):
     result = __import__("json").loads((tmp_path / "soak" / "soak.json").read_text())
     assert code == 0 and result["source"] == "rtsp" and result["server_restarts"] == 2
     assert result["reconnects"] >= 1 and result["frames_processed"] > 0  # the camera came back (at least once)
+
+
+def test_cameras_in_one_process_each_reconnect_when_their_server_restarts(tmp_path):
+    from rtsp_server import gst_unavailable_reason
+
+    if (why := gst_unavailable_reason()) is not None:
+        pytest.skip(why)
+    clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=50)
+    code = soak.main(["--rtsp", "--cameras", "2", "--video", str(clip), "--minutes", "0.9", "--warmup", "0.25",
+                      "--interval", "2", "--restart-every", "0.25", "--tolerance", "10", "--out", str(tmp_path / "s")])
+    result = __import__("json").loads((tmp_path / "s" / "soak.json").read_text())
+    assert code == 0 and result["server_restarts"] == 3 and result["command"].count("--source") == 2
+    cams = result["cameras"]
+    assert sorted(cams) == ["cam1", "cam2"]
+    assert [cams["cam1"]["server_restarts"], cams["cam2"]["server_restarts"]] == [2, 1]  # in turn: 1, 2, 1
+    for cam in cams.values():  # each camera came back after its own server's restart, and kept running
+        assert cam["reconnects"] >= 1 and cam["frames_processed"] > 0 and cam["state"] != "failed"
+    assert result["reconnects"] == sum(c["reconnects"] for c in cams.values())
+
+
+def test_cameras_must_be_positive(tmp_path):
+    assert soak.main(["--minutes", "1", "--warmup", "0", "--cameras", "0", "--out", str(tmp_path)]) == 2

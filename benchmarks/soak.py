@@ -16,10 +16,10 @@ the oldest dropped when the pipeline lags. `--restart-every MIN` kills the serve
 every MIN minutes and starts it again on the same port, so the camera reconnects, as real cameras make it do
 (`reconnects` in soak.json, from the run's summary, against `server_restarts`).
 
-`--cameras N`: N cameras in one process, as a site runs them (`run_stream.py --source A --source B ...`: cameras
-cam1, cam2, ... sharing the detector and the enhancer): N copies of the looped file, or with `--rtsp` N servers (camera k serves clip k of
-`--video`, round robin), of which `--restart-every` kills one at a time in turn, so that every camera drops
-and comes back while the others keep running. soak.json then has each camera's counts (`cameras`: frames,
+`--cameras N`: N cameras in one process, as a site runs them (`run_stream.py --source A --source B ...`:
+cameras cam1, cam2, ... sharing the detector and the enhancer): N copies of the looped file, or with `--rtsp`
+N servers (camera k serves clip k of `--video`, round robin), of which `--restart-every` kills one at a time
+in turn, so that every camera drops and comes back while the others keep running. soak.json then has each camera's counts (`cameras`: frames,
 faces, drops, reconnects, its server's restarts) beside the totals.
 
 Verdict: a straight line is fitted to the samples after the warm-up; the soak passes when that line

@@ -133,11 +133,6 @@ def plot(samples: list[tuple[float, float]], result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def camera_id(k: int) -> str:
-    """The id run_stream.py gives the k-th (from 0) of repeated --source options."""
-    return f"cam{k + 1}"
-
-
 def _start(server) -> None:
     try:
         server.start()
@@ -224,12 +219,14 @@ def _soak(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
         run = json.loads(summary.read_text(encoding="utf-8"))
         result.update({k: run.get(k) for k in COUNTS})
         if args.cameras > 1:
-            result["cameras"] = {i: {k: cam.get(k) for k in ("state", *COUNTS)}
-                                 for i, cam in run.get("cameras", {}).items()}
+            cams = run.get("cameras", {})
+            result["cameras"] = {i: {k: cam.get(k) for k in ("state", *COUNTS)} for i, cam in cams.items()}
+            if servers:  # a camera's server known by the source it reads, as the run's summary names it
+                restarts_of = dict(zip(uris, restarts))
+                for i, cam in cams.items():
+                    result["cameras"][i]["server_restarts"] = restarts_of.get(cam.get("source"))
     if servers:
         result.update(source="rtsp", server_restarts=sum(restarts))
-        for k, n in enumerate(restarts):
-            result.get("cameras", {}).get(camera_id(k), {})["server_restarts"] = n
     result["samples"] = samples
     (out / "soak.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     plot(samples, result, out / "soak.png")

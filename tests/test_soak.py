@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import platform
 import sys
 from pathlib import Path
@@ -149,7 +150,7 @@ def test_rtsp_soak_reconnects_after_each_server_restart(tmp_path):
     clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=50)
     code = soak.main(["--rtsp", "--video", str(clip), "--minutes", "0.75", "--warmup", "0.25", "--interval", "2",
                       "--restart-every", "0.25", "--tolerance", "10", "--out", str(tmp_path / "soak")])
-    result = __import__("json").loads((tmp_path / "soak" / "soak.json").read_text())
+    result = json.loads((tmp_path / "soak" / "soak.json").read_text())
     assert code == 0 and result["source"] == "rtsp" and result["server_restarts"] == 2
     assert result["reconnects"] >= 1 and result["frames_processed"] > 0  # the camera came back (at least once)
 
@@ -162,7 +163,7 @@ def test_cameras_in_one_process_each_reconnect_when_their_server_restarts(tmp_pa
     clip = make_demo_clip(tmp_path / "clip.mp4", n_frames=50)
     code = soak.main(["--rtsp", "--cameras", "2", "--video", str(clip), "--minutes", "0.9", "--warmup", "0.25",
                       "--interval", "2", "--restart-every", "0.25", "--tolerance", "10", "--out", str(tmp_path / "s")])
-    result = __import__("json").loads((tmp_path / "s" / "soak.json").read_text())
+    result = json.loads((tmp_path / "s" / "soak.json").read_text())
     assert code == 0 and result["server_restarts"] == 3 and result["command"].count("--source") == 2
     cams = result["cameras"]
     assert sorted(cams) == ["cam1", "cam2"]

@@ -43,6 +43,8 @@ def decode(path: Path, way: str, frames: int) -> tuple[float, list[bytes | None]
     except av.FFmpegError as e:
         raise UserError(f"{path}: not a readable video ({e})") from None
     with container:
+        if not container.streams.video:
+            raise UserError(f"{path}: no video stream")
         stream = container.streams.video[0]
         if way == "slice_threads_qp":
             qp.export_qp(stream.codec_context)

@@ -8,6 +8,7 @@ EXIT_USER_ERROR, never a traceback (a traceback means a bug).
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 
 from common.errors import UserError
@@ -22,15 +23,36 @@ def error_line(exc: BaseException) -> str:
     return "error: " + mask_secrets(" ".join(str(exc).split("\n")).strip())
 
 
+_interrupted = threading.Event()
+
+
+def interrupt() -> None:
+    """Abort the command as Ctrl-C does (from a signal handler): raise KeyboardInterrupt, and remember that
+    the user asked for it. Native code may turn the KeyboardInterrupt into another exception on its way
+    out (safetensors' loader, interrupted while the model loads, raises a ValueError about a torch
+    storage); `run` still reports that as the interruption it is, not as a bug."""
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
 def run(work: Callable[[], int | None]) -> int:
     """Run a command's body; returns its exit code (0 when it returns None)."""
+    _interrupted.clear()  # a new command
     try:
         return work() or 0
-    # OSError: a disk or device problem met outside the code that knows the file's role (full disk,
-    # permissions); the message names the file.
-    except (UserError, OSError) as exc:
-        print(error_line(exc), file=sys.stderr)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _report_interrupted()
+    except Exception as exc:
+        if _interrupted.is_set():  # whatever it became on the way out, the user stopped the command
+            return _report_interrupted()
+        # OSError: a disk or device problem met outside the code that knows the file's role (full disk,
+        # permissions); the message names the file.
+        if isinstance(exc, (UserError, OSError)):
+            print(error_line(exc), file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+def _report_interrupted() -> int:
+    print("error: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED

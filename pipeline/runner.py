@@ -384,7 +384,7 @@ class CameraRun:
             frames_decoded=src.stats.decoded if src else 0, frames_processed=self.counts["frames_processed"],
             frames_dropped=src.stats.dropped if src else 0, reconnects=src.stats.reconnects if src else 0,
             faces_detected=self.counts["faces_detected"], faces_written=self.counts["faces_written"],
-            queue_depth=src.queued if src else 0, state=state, timer=self.timer)
+            queue_depth=src.queued if src else 0, state=state, timer=self.timer, noise=src.noise if src else None)
 
     def log_live(self) -> None:
         elapsed = time.perf_counter() - self.started
@@ -823,12 +823,12 @@ def install_signal_handlers(runner: Runner) -> None:
     complete and its images exist (images are renamed into place before their line is appended in
     one write), as after a kill; the folder's lock dies with the process.
     """
-    from common.cli import EXIT_INTERRUPTED
+    from common.cli import EXIT_INTERRUPTED, interrupt
 
     def handler(signum, _frame):
         name = signal.Signals(signum).name
         if not runner.running.is_set():
-            raise KeyboardInterrupt
+            interrupt()
         if runner.stop.is_set():
             # os._exit: no cleanup can hold us up (a model call, a thread join, interpreter shutdown).
             os.write(2, f"error: {name} again: stopped at once; the records written so far are valid, "

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from background_run import Run, check_records
 
+from common import cli
+
 STOP_BOUND_S = 15.0  # generous: the stop takes about a second; CI machines are slow and shared
 CPU = ("--set", "enhance.device=cpu", "--set", "detect.device=cpu")  # the slow enhancer that builds a backlog
 
@@ -54,3 +56,22 @@ def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path: Path) -> None
     assert run.proc.returncode == 130, run.stderr
     assert run.stderr.strip() == "error: interrupted"
     assert not (run.out / ".lock").exists() and not (run.out / "tracks.jsonl").exists()
+
+
+def test_an_interrupt_that_native_code_turns_into_another_error_is_still_one_line_and_130(capsys) -> None:
+    """What the start-up test above met once in CI: SIGINT while safetensors loaded the model came out of
+    the loader as a ValueError (a traceback, exit 1)."""
+    def loading_the_model():
+        try:
+            cli.interrupt()  # what the start-up signal handler does
+        except KeyboardInterrupt:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+
+    assert cli.run(loading_the_model) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == "error: interrupted"
+
+    def a_bug():  # the next command: a bug is a bug again, not an interruption
+        raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        cli.run(a_bug)

@@ -25,7 +25,10 @@ wide (`shrink_to_face_width`); the camera model (`models.camera.CameraModel`) on
 noise seeded per (photo, cell); the project's MTCNNDetector (the pipeline's default detect settings
 with min_face_size=12; `--detect key=value` overrides); the detection overlapping the shrunk dlib box
 most, IoU > 0.3 (else the probe is "lost by detection", as are faces `align_face` cannot align);
-`pipeline.align.align_face` at native size (min_size 8). All of that is done once per
+`pipeline.align.align_face` at native size (min_size 8). The frame carries what the pipeline's source
+would give the enhancer with it: the QP map of an H.264 camera, and the camera's noise sigma as the source
+measures it on a stream (`common.noise`, here on 8 frames of the still scene, each with its own noise and
+compression; `camera_noise`). All of that is done once per
 (probe photo, cell) and shared by every method. Then per method (row): `pipeline.enhance.Enhancer`
 to `--output-size` (160) with bicubic or ARASFSR (one row per weights file), and the descriptor of
 the enhanced face by `DlibEmbedder(realign="canonical")`: dlib's 5 landmarks seeded with a fixed box
@@ -63,6 +66,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common import cli  # noqa: E402
+from common.noise import TemporalNoise  # noqa: E402
 from models.camera import CameraModel  # noqa: E402
 from models.data import resize  # noqa: E402
 from pipeline.errors import ConfigError, PipelineError, SinkError, SourceError  # noqa: E402
@@ -84,6 +88,7 @@ PROBE_DETECT = ("min_face_size=12",)  # on top of the pipeline's default detect 
 IOU_FOUND = 0.3
 ALIGN_MIN_SIZE = 8
 THRESHOLD = 0.6  # dlib's published same-person distance
+NOISE_FRAMES = 8  # frames of the still scene the camera's noise is measured on (a third of a second at 25 fps)
 GALLERY_PATH = "DlibEmbedder.align_photo (HOG box upsample 1, 5 landmarks, get_face_chip 150) + ResNet"
 PROBE_PATH = ("DlibEmbedder(realign='canonical'): 5 landmarks seeded with the fixed box "
               "{box} of the enhanced canonical face, get_face_chip 150, ResNet")
@@ -253,14 +258,28 @@ def probe_rng(photo: str, cell: str, seed: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(f"{photo}|{cell}".encode())])
 
 
+def camera_noise(scene: np.ndarray, first: np.ndarray, camera, rng: np.random.Generator,
+                 frames: int = NOISE_FRAMES) -> float | None:
+    """The noise sigma (common.noise) the pipeline's source would measure on `frames` frames of a camera
+    filming the still `scene`: `first` (the probe's frame), then frames - 1 more through `camera`."""
+    meter = TemporalNoise()
+    meter.update(first)
+    for _ in range(frames - 1):
+        meter.update(camera(scene, rng))
+    return meter.value
+
+
 def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector, *, name: str = "",
                seed: int = 0, align_min_size: int = ALIGN_MIN_SIZE) -> Probe:
     """Shrink -> camera model -> MTCNN -> best-overlapping detection (IoU > 0.3) -> align_face."""
     from pipeline.align import UnalignableFaceError, align_face
 
     small, expected = shrink_to_face_width(photo_bgr, box, cell.width)
-    image, blocks = cell.camera.degrade(small, probe_rng(name, cell.name, seed))
-    frame = Frame(index=0, pts_time=None, image=image, qp=blocks)  # the QP map as a stream's decoder gives it
+    rng = probe_rng(name, cell.name, seed)
+    image, blocks = cell.camera.degrade(small, rng)
+    # The QP map as a stream's decoder gives it, and the camera's noise as the source measures it on a stream:
+    # here on NOISE_FRAMES frames of the still scene, each with the camera's own noise and compression.
+    frame = Frame(index=0, pts_time=None, image=image, qp=blocks, noise=camera_noise(small, image, cell.camera, rng))
     faces = detector.detect([image])[0]
     overlaps = iou_matrix(np.array([f.box for f in faces]).reshape(-1, 4), expected[None]).ravel().tolist()
     best = int(np.argmax(overlaps)) if overlaps else -1

@@ -177,14 +177,14 @@ def align_face(frame: np.ndarray | Frame, detection: Detection, track_id: int, f
     """Cut the canonical crop of one detected face at its native resolution.
 
     `frame` is an H x W x 3 image or a Frame (then its pts_time is used when none is given, its
-    source_file and decoded_at are kept, and the face's QP is read from its QP map).
+    source_file, decoded_at and noise are kept, and the face's QP is read from its QP map).
     The crop side is round(native size) clamped to [min_size, max_size]; the returned
     `transform` maps frame pixels to crop pixels. Raises UnalignableFaceError (ValueError).
     """
-    source_file = decoded_at = qp = None
+    source_file = decoded_at = qp = noise = None
     if isinstance(frame, Frame):
         pts_time = frame.pts_time if pts_time is None else pts_time
-        source_file, decoded_at = frame.source_file, frame.decoded_at
+        source_file, decoded_at, noise = frame.source_file, frame.decoded_at, frame.noise
         qp = frame.qp.at(detection.box) if frame.qp is not None else None
         frame = frame.image
     if min_size < 1 or (max_size is not None and max_size < min_size):
@@ -205,7 +205,8 @@ def align_face(frame: np.ndarray | Frame, detection: Detection, track_id: int, f
                               borderMode=cv2.BORDER_REPLICATE)
     return AlignedFace(track_id=track_id, frame_index=frame_index, crop=crop, transform=m,
                        crop_size=n, quality=face_quality(crop, detection), detection=detection,
-                       pts_time=pts_time, source_file=source_file, decoded_at=decoded_at, qp=qp)
+                       pts_time=pts_time, source_file=source_file, decoded_at=decoded_at, qp=qp,
+                       noise=noise)
 
 
 def recognizer_window(output_size: int, recognizer: str = "arcface112") -> np.ndarray:

@@ -50,6 +50,10 @@ class EnhancerConfig:
     # sharpening of codec artefacts costs a recognizer accuracy (models/weights/README.md, "Strength by
     # compression").
     compression_aware: bool = True
+    # Lower it on noisy cameras too (`strength_for`; the camera's noise is measured on the stream by the source,
+    # common.noise), where the model sharpens the noise into false detail (models/weights/README.md,
+    # "Strength by noise").
+    noise_aware: bool = True
 
     def __post_init__(self) -> None:
         validate(self)
@@ -60,20 +64,36 @@ class EnhancerConfig:
 #: (QP 30-34) did best at 0.5-0.75, CRF 36 blocks (QP 36-40) at 0-0.25 (models/weights/README.md, "Strength
 #: by compression").
 QP_FULL, QP_LOW, LOW_STRENGTH = 28.0, 37.0, 0.25
+#: The same for the camera's noise sigma (common.noise, luma 0-255, after compression): the shared clips read
+#: 0-0.9, the benchmark's noise 8 + JPEG 50 cameras 2.4-6.7, where a share of 0-0.25 did best on the tuning
+#: pairs (models/weights/README.md, "Strength by noise").
+NOISE_FULL, NOISE_LOW = 1.5, 3.0
 
 
-def strength_for(qp: float | None, strength: float = 1.0, compression_aware: bool = True) -> float:
+def _share(value: float | None, full: float, low: float) -> float:
+    """1 up to `full`, falling linearly to LOW_STRENGTH at `low` and above; 1 for an unknown value."""
+    if value is None:
+        return 1.0
+    coarse = min(1.0, max(0.0, (value - full) / (low - full)))
+    return 1.0 - coarse * (1.0 - LOW_STRENGTH)
+
+
+def strength_for(qp: float | None = None, noise: float | None = None, strength: float = 1.0,
+                 compression_aware: bool = True, noise_aware: bool = True) -> float:
     """The share of the model's detail to add over bicubic for a face whose blocks were quantised at `qp`
-    (None: unknown, e.g. not H.264): `strength`, lowered on coarse quantisers when `compression_aware`.
+    (None: unknown, e.g. not H.264) by a camera whose noise sigma is `noise` (None: unknown, e.g. a
+    photo): `strength`, lowered on coarse quantisers when `compression_aware` and on noisy cameras when
+    `noise_aware`; with both, the lower share (either damage alone makes the model's detail false).
 
     Example:
-        >>> strength_for(None), strength_for(26), strength_for(32.5), strength_for(40), strength_for(40, 0.5)
+        >>> strength_for(), strength_for(26), strength_for(32.5), strength_for(40), strength_for(40, strength=0.5)
         (1.0, 1.0, 0.625, 0.25, 0.125)
+        >>> strength_for(noise=0.5), strength_for(noise=5.0), strength_for(26, 2.25), strength_for(35.5, 2.25)
+        (1.0, 0.25, 0.625, 0.375)
     """
-    if qp is None or not compression_aware:
-        return strength
-    coarse = min(1.0, max(0.0, (qp - QP_FULL) / (QP_LOW - QP_FULL)))
-    return strength * (1.0 - coarse * (1.0 - LOW_STRENGTH))
+    share = min(_share(qp, QP_FULL, QP_LOW) if compression_aware else 1.0,
+                _share(noise, NOISE_FULL, NOISE_LOW) if noise_aware else 1.0)
+    return strength * share
 
 
 def bicubic(crop: np.ndarray, size: int) -> np.ndarray:
@@ -169,7 +189,8 @@ class Enhancer:
 
     def strength(self, face: AlignedFace) -> float:
         """The share of the model's detail `face` gets (see `strength_for`)."""
-        return strength_for(face.qp, self.config.strength, self.config.compression_aware)
+        return strength_for(face.qp, face.noise, self.config.strength, self.config.compression_aware,
+                            self.config.noise_aware)
 
     def __call__(self, faces: Sequence[AlignedFace]) -> list[EnhancedFace]:
         size = self.config.output_size

@@ -203,12 +203,13 @@ class CameraStats:
     queue_depth: int
     state: CameraState
     timer: StageTimer
+    noise: float | None = None  # the camera's noise sigma measured on its stream (common.noise); None: unknown
 
     def summary_fields(self) -> dict[str, Any]:
         """The camera's summary.json fields (those a scrape shows too); `queue_depth` and `state`
         are live-only (at the end of a run the queues are empty and the state is known)."""
         return {"source": self.source, "live": self.live, **{key: getattr(self, key) for key in COUNTERS},
-                "stages": self.timer.summary()}
+                "noise_sigma": None if self.noise is None else round(self.noise, 2), "stages": self.timer.summary()}
 
 
 class _SnapshotCollector:
@@ -227,6 +228,9 @@ class _SnapshotCollector:
             "facesr_camera_up", "1 while the camera delivers frames (state running), else 0.", labels=["camera"])
         families["state"] = GaugeMetricFamily(
             "facesr_camera_state", "1 for the camera's current state, 0 for the others.", labels=["camera", "state"])
+        families["noise"] = GaugeMetricFamily(
+            "facesr_camera_noise_sigma", "The camera's noise sigma (luma, 0-255) measured on its stream: the enhancer adds less of "
+            "the model's detail on noisy cameras (enhance.noise_aware); absent until measured.", labels=["camera"])
         families["info"] = InfoMetricFamily(
             "facesr_camera", "The camera's source (credentials masked) and whether it is live.", labels=["camera"])
         families["stage"] = HistogramMetricFamily(
@@ -245,6 +249,8 @@ class _SnapshotCollector:
                 families[key].add_metric(label, getattr(cam, key))
             families["queue_depth"].add_metric(label, cam.queue_depth)
             families["up"].add_metric(label, int(cam.state is CameraState.RUNNING))
+            if cam.noise is not None:
+                families["noise"].add_metric(label, cam.noise)
             for state in CameraState:
                 families["state"].add_metric([cam.camera, state.value], int(cam.state is state))
             families["info"].add_metric(label, {"source": cam.source, "live": str(cam.live).lower()})

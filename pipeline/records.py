@@ -24,7 +24,9 @@ class Frame:
     `source_file`: the image's file name for a folder source (None for videos and cameras);
     `decoded_at`: wall-clock time (time.time()) it was decoded: a face's end-to-end latency starts
     there, also when the face is written by another process (pipeline.cluster); `qp`: the H.264
-    quantiser of each block (common.qp; None for other codecs and images)."""
+    quantiser of each block (common.qp; None for other codecs and images); `noise`: the camera's noise
+    sigma measured on the stream up to this frame (common.noise; None for images and a stream's first
+    frame)."""
 
     index: int
     pts_time: float | None
@@ -33,6 +35,7 @@ class Frame:
     source_file: str | None = None
     decoded_at: float | None = None
     qp: QPMap | None = None
+    noise: float | None = None
 
 
 @dataclass
@@ -103,7 +106,8 @@ class AlignedFace:
     """An aligned LR face in canonical framing at its native resolution.
 
     `transform` is the 2 x 3 similarity matrix mapping frame pixels to crop pixels; `qp`: the median
-    H.264 quantiser of the frame's blocks under the face (None when the frame has no QP map)."""
+    H.264 quantiser of the frame's blocks under the face (None when the frame has no QP map); `noise`: the
+    camera's noise sigma when the frame was decoded (the Frame's)."""
 
     track_id: int
     frame_index: int
@@ -117,6 +121,7 @@ class AlignedFace:
     decoded_at: float | None = None  # the Frame's
     camera: str = ""  # the camera's id in a multi-camera run (pipeline.cameras); "" for a single source
     qp: float | None = None
+    noise: float | None = None
 
 
 @dataclass

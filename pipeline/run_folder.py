@@ -109,6 +109,7 @@ TRACK_RECORD_SCHEMA: dict = {
         "source_file": {"type": ["string", "null"]},
         "camera": {"type": ["string", "null"]},
         "qp": {"type": ["number", "null"], "minimum": 0},
+        "noise": {"type": ["number", "null"], "minimum": 0},
         "strength": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     },
 }
@@ -257,6 +258,7 @@ class FaceRecord(_Line):
     source_file: str | None = None  # the image's file name when the source is a folder of images
     camera: str | None = None  # the camera's id in a multi-camera run, None for a single source
     qp: float | None = None  # the H.264 quantiser of the face's blocks (common.qp); None: unknown
+    noise: float | None = None  # the camera's noise sigma when the frame was decoded (common.noise); None: unknown
     strength: float | None = None  # the share of the model's detail over bicubic; None: no model ran
 
     @classmethod
@@ -271,7 +273,8 @@ class FaceRecord(_Line):
             det_score=_num(a.detection.score, 4), crop_size=int(a.crop_size), scale=_num(face.scale, 4),
             output_size=int(output_size), image=image, lr_image=lr_image if comparison else None,
             bicubic_image=bicubic_image if comparison else None, quality=_num(a.quality, 4), method=face.method,
-            source_file=a.source_file, camera=a.camera or None, qp=_num(a.qp, 2), strength=_num(face.strength, 3))
+            source_file=a.source_file, camera=a.camera or None, qp=_num(a.qp, 2), noise=_num(a.noise, 2),
+            strength=_num(face.strength, 3))
 
 
 @dataclass

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from common import qp
+from common.noise import TemporalNoise
 from common.frames import to_bgr
 from common.config import setting, validate
 from common.redact import mask_secrets
@@ -224,6 +225,7 @@ class VideoSource:
         self._started = time.monotonic()  # the first-frame deadline counts from here
         self._queue = FrameQueue(self.config.queue_size, drop_oldest=self.is_live)
         self.connected = False  # the stream is open and being read (False while a live source reconnects)
+        self._noise = TemporalNoise()  # the camera's noise, measured on the stream (common.noise)
 
         # Open files, folders and webcams now so a bad input fails at once with a clear message;
         # RTSP connects in the thread (with unlimited attempts, connecting may take forever).
@@ -250,6 +252,12 @@ class VideoSource:
         if isinstance(item.image, av.VideoFrame):  # a live frame, converted only now that it is read
             item.image, item.qp = self._upright(item.image)
         return item  # type: ignore[return-value]
+
+    @property
+    def noise(self) -> float | None:
+        """The camera's noise sigma measured on the stream so far (common.noise; None: not known yet, or a
+        folder of photos)."""
+        return self._noise.value
 
     @property
     def queued(self) -> int:
@@ -381,9 +389,9 @@ class VideoSource:
             self._queue.finish()
 
     def _emit(self, image: np.ndarray | av.VideoFrame, pts_time: float | None, source_file: str | None = None,
-              qp_map: qp.QPMap | None = None) -> bool:
+              qp_map: qp.QPMap | None = None, noise: float | None = None) -> bool:
         frame = Frame(index=self.stats.decoded, pts_time=pts_time, image=image, source_id=self.name,
-                      source_file=source_file, decoded_at=time.time(), qp=qp_map)
+                      source_file=source_file, decoded_at=time.time(), qp=qp_map, noise=noise)
         self.stats.decoded += 1
         ok = self._queue.put(frame)
         self.stats.dropped = self._queue.dropped
@@ -418,6 +426,7 @@ class VideoSource:
                     if not self._retry(failures, str(e).removeprefix(f"{self.name}: ")):
                         raise SourceError(f"{e}; gave up after {failures} attempt(s)") from None
                     continue
+                self._noise.reset()  # a new stream: maybe another scene or gain
                 if connected_before:
                     self.stats.reconnects += 1
                     log.warning("%s: reconnected", self.name)
@@ -485,13 +494,15 @@ class VideoSource:
                     log.debug("%s: skipped a corrupt packet: %s", self.name, _ffmpeg_message(e))
                     continue
                 for frame in frames:
+                    # Every decoded frame, dropped or not: the noise is measured between consecutive frames.
+                    noise = self._noise.update_frame(frame)
                     # Live: BGR conversion (a quarter of a reader's time) waits for read(), so frames
                     # dropped because the consumer lags are never converted. Files: here, in this thread.
                     if self.is_live:
-                        emitted = self._emit(frame, frame.time)
+                        emitted = self._emit(frame, frame.time, noise=noise)
                     else:
                         image, blocks = self._upright(frame)
-                        emitted = self._emit(image, frame.time, qp_map=blocks)
+                        emitted = self._emit(image, frame.time, qp_map=blocks, noise=noise)
                     if not emitted:
                         return None
         except av.error.ExitError:  # PyAV's read timeout fired

@@ -31,17 +31,18 @@ class LiveCamera:
     queue_depth: int = 0
     state: CameraState = CameraState.RUNNING
     timer: StageTimer = field(default_factory=StageTimer)
+    noise: float | None = None
 
     def stats(self) -> CameraStats:
         return CameraStats(camera=self.camera, source=self.source, live=self.live, queue_depth=self.queue_depth,
-                           state=self.state, timer=self.timer, **self.counts)
+                           state=self.state, timer=self.timer, noise=self.noise, **self.counts)
 
 
 @pytest.fixture
 def cameras() -> list[LiveCamera]:
     door = LiveCamera("door", "rtsp://***@10.0.0.5/stream1", True,
                       dict(frames_decoded=120, frames_processed=110, frames_dropped=10, reconnects=2,
-                           faces_detected=37, faces_written=12), queue_depth=3)
+                           faces_detected=37, faces_written=12), queue_depth=3, noise=4.567)
     door.timer.add("detect", 0.4, 4)
     door.timer.add("detect", 0.02, 4)
     door.timer.add("enhance", 0.003, 8)
@@ -147,10 +148,16 @@ def test_summary_fields_are_the_scraped_numbers(server: MetricsServer, cameras: 
     samples = scrape(server.url)
     for cam in cameras:
         fields = cam.stats().summary_fields()
-        assert set(fields) == {"source", "live", *COUNTERS, "stages"}
+        assert set(fields) == {"source", "live", *COUNTERS, "noise_sigma", "stages"}
         assert fields["source"] == cam.source and fields["live"] is cam.live
         for key in COUNTERS:
             assert value(samples, f"facesr_{key}_total", camera=cam.camera) == fields[key]
+        if cam.noise is None:  # not measured (yet): no sample rather than a made-up 0
+            assert fields["noise_sigma"] is None
+            assert not any(dict(k)["camera"] == cam.camera for k in samples["facesr_camera_noise_sigma"])
+        else:
+            assert value(samples, "facesr_camera_noise_sigma", camera=cam.camera) == pytest.approx(cam.noise)
+            assert fields["noise_sigma"] == round(cam.noise, 2)
         for stage, row in fields["stages"].items():
             assert value(samples, "facesr_stage_seconds_sum", camera=cam.camera, stage=stage) == pytest.approx(
                 row["seconds"], abs=5e-4)

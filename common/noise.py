@@ -104,7 +104,7 @@ def luma_plane(frame) -> tuple[np.ndarray, bool]:
 
 
 class TemporalNoise:
-    """A camera's running noise sigma: the median of eq. (1) over the last `window` frame pairs, so that
+    """A camera's running noise sigma: the median of eq. (1)-(2) over the last `window` frame pairs, so that
     a passing crowd or a pan moves it little; a change of frame size (a new stream) starts it afresh.
 
     Example: see the module docstring; `value` is None until two frames of one size were seen.
@@ -116,15 +116,19 @@ class TemporalNoise:
         self.blocks = blocks
         self._previous: tuple[np.ndarray, np.ndarray] | None = None
         self._recent: deque[float] = deque(maxlen=window)
+        self._value: float | None = None
 
     @property
     def value(self) -> float | None:
-        return float(np.median(self._recent)) if self._recent else None
+        # Kept as a number, not computed from the window here: other threads read it (the metrics endpoint)
+        # while the source's reader updates the window.
+        return self._value
 
     def reset(self) -> None:
         """Forget the stream so far (a reconnect: the next frame may show another scene or gain)."""
         self._previous = None
         self._recent.clear()
+        self._value = None
 
     def update_frame(self, frame) -> float | None:
         """`update` with a decoded PyAV VideoFrame, read from its Y plane (`luma_plane`); inter frames are
@@ -142,5 +146,6 @@ class TemporalNoise:
             self.reset()
         if self._previous is not None:
             self._recent.append(difference_sigma(self._previous, current))
+            self._value = float(np.median(self._recent))
         self._previous = current
         return self.value

@@ -297,6 +297,10 @@ def test_make_probe_is_deterministic() -> None:
     assert not a.lost and a.iou > identity.IOU_FOUND
     assert np.array_equal(a.crop, b.crop)
     assert a.crop.shape[0] == a.crop.shape[1] >= 8
+    # the face carries its camera's noise as the source measures it on a stream (common.noise)
+    assert a.face.noise == b.face.noise and a.face.noise > 2
+    clean = identity.make_probe(photo, box, identity.Cell.parse("clean@24"), det, name=photo_name, seed=0)
+    assert clean.face.noise == 0.0
 
 
 @needs_dlib

@@ -59,7 +59,7 @@ def test_motion_and_a_change_of_exposure_are_not_read_as_noise():
         frames.append(camera(np.clip(image + 12 * (i % 2), 0, 255), 3.0, rng))
     assert measure(frames) == pytest.approx(3.0 * LUMA_GAIN, rel=0.15)
     # A pan of 2 px a frame over this sharp, busy scene without noise: its edges' motion reads as some noise
-    # (1.8), below the strength's low end; real footage is smoother (a hand-held 1080p clip reads 0.4-0.9).
+    # (2.0), below the strength's low end; real footage is smoother (a hand-held 1080p clip reads 0.4-0.9).
     assert measure(np.roll(scene(), 2 * i, axis=1) for i in range(6)) < NOISE_LOW
 
 

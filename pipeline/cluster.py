@@ -116,6 +116,7 @@ class SourceView:
     folder_mode: str | None = None
     queued: int = 0
     connected: bool = False
+    noise: float | None = None  # the camera's noise sigma (common.noise), the worker's latest
     stats: SourceStats = field(default_factory=SourceStats)
 
     def add(self, news: SourceView) -> None:
@@ -216,7 +217,7 @@ class CameraWorker:
             delta = SourceStats(**{f.name: getattr(now, f.name) - getattr(self.reported, f.name)
                                    for f in dataclasses.fields(SourceStats)})
             view = SourceView(src.name, src.is_live, src.frame_count, src.truncated, src.folder_mode,
-                              src.queued, src.connected, delta)
+                              src.queued, src.connected, src.noise, delta)
             self.reported = now
         return Step(items, self.next_frame, counts, not_written, timer, view, cam.state, cam.error, resume)
 

@@ -229,8 +229,9 @@ class _SnapshotCollector:
         families["state"] = GaugeMetricFamily(
             "facesr_camera_state", "1 for the camera's current state, 0 for the others.", labels=["camera", "state"])
         families["noise"] = GaugeMetricFamily(
-            "facesr_camera_noise_sigma", "The camera's noise sigma (luma, 0-255) measured on its stream: the enhancer adds less of "
-            "the model's detail on noisy cameras (enhance.noise_aware); absent until measured.", labels=["camera"])
+            "facesr_camera_noise_sigma", "The camera's noise sigma (luma, 0-255) measured on its stream: the enhancer "
+            "adds less of the model's detail on noisy cameras (enhance.noise_aware); absent until measured.",
+            labels=["camera"])
         families["info"] = InfoMetricFamily(
             "facesr_camera", "The camera's source (credentials masked) and whether it is live.", labels=["camera"])
         families["stage"] = HistogramMetricFamily(

@@ -68,7 +68,7 @@ def test_workers_and_the_serve_enhancer_write_what_one_process_writes(ray_cluste
                 assert a.shape == b.shape and np.abs(a - b).max() <= 1, rec[key]
         own, theirs = load_run(out / cam).summary, load_run(tmp_path / "one" / cam).summary
         for key in ("state", "frames_decoded", "frames_processed", "faces_detected", "faces_aligned",
-                    "faces_written", "faces_not_written", "tracks", "frames_expected", "enhance_method"):
+                    "faces_written", "faces_not_written", "tracks", "frames_expected", "enhance_method", "noise_sigma"):
             assert own[key] == theirs[key], key
         assert own["frames_processed"] == 20 and own["worker_restarts"] == own["enhance_retries"] == 0
         assert set(own["stages"]) >= {"detect", "track", "align", "select", "enhance", "sink"}

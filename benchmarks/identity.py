@@ -88,6 +88,7 @@ PROBE_DETECT = ("min_face_size=12",)  # on top of the pipeline's default detect 
 IOU_FOUND = 0.3
 ALIGN_MIN_SIZE = 8
 THRESHOLD = 0.6  # dlib's published same-person distance
+BOOTSTRAP_DRAWS = 2000  # resamples of the pairs for the 95 % intervals of the differences to bicubic
 NOISE_FRAMES = 8  # frames of the still scene the camera's noise is measured on (a third of a second at 25 fps)
 GALLERY_PATH = "DlibEmbedder.align_photo (HOG box upsample 1, 5 landmarks, get_face_chip 150) + ResNet"
 PROBE_PATH = ("DlibEmbedder(realign='canonical'): 5 landmarks seeded with the fixed box "
@@ -414,6 +415,33 @@ def score_cell(distances: np.ndarray, same: np.ndarray, threshold: float = THRES
             "accuracy_all": round(float(correct.sum() / len(d)), 4) if len(d) else None}
 
 
+def bootstrap_deltas(method_d: np.ndarray, base_d: np.ndarray, same: np.ndarray, *, threshold: float = THRESHOLD,
+                     draws: int = BOOTSTRAP_DRAWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """95 % intervals of a method's accuracy minus the base method's (points), per cell and of the mean over
+    the cells: the pairs drawn with replacement `draws` times, the same draw for both methods and every cell
+    (a paired bootstrap: the cells share their pairs, and a method is compared on the same probes as the base).
+
+    `method_d`, `base_d`: cells x pairs distances, NaN for a probe lost by detection (lost for both: the
+    detection is shared). Returns (cells x 2 [low, high], [low, high]).
+
+    Example:
+        >>> same = np.array([True, False] * 50)
+        >>> right, wrong = np.where(same, 0.3, 0.9)[None], np.where(same, 0.9, 0.3)[None]
+        >>> bootstrap_deltas(right, wrong, same)[1].tolist(), bootstrap_deltas(right, right, same)[1].tolist()
+        ([100.0, 100.0], [0.0, 0.0])
+    """
+    n = same.size
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
+
+    def accuracy(d: np.ndarray) -> np.ndarray:  # draws x cells
+        found = np.isfinite(d)
+        correct = found & ((np.where(found, d, np.inf) <= threshold) == same)
+        return (counts @ correct.T) / np.maximum(counts @ found.T, 1.0)
+
+    delta = 100.0 * (accuracy(np.asarray(method_d, np.float64)) - accuracy(np.asarray(base_d, np.float64)))
+    return np.percentile(delta, [2.5, 97.5], axis=0).T, np.percentile(delta.mean(axis=1), [2.5, 97.5])
+
+
 def _points(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(100.0 * (a - b), 2)
 
@@ -500,7 +528,7 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
 
     same = np.array([p.same for p in pair_list])
     order = sorted(found, key=lambda k: probes[k].crop.shape[:2])  # equal sizes batch together
-    results, method_info = [], []
+    results, method_info, distances = [], [], {}
     for method in methods:
         enhancer = make_enhancer(method, output_size, device)
         t0 = time.perf_counter()
@@ -517,9 +545,11 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
         for cell in cells:
             d = np.array([np.linalg.norm(vectors[p.probe, cell.name] - g) if (p.probe, cell.name) in vectors
                           else np.nan for p, g in zip(pair_list, gallery)])
+            distances.setdefault(method.name, []).append(d)
             results.append({"method": method.name, "cell": cell.name, "width": cell.width,
                             "camera": cell.camera.name, **score_cell(d, same)})
     _add_deltas(results)
+    intervals = _add_intervals(results, distances, same, seed)
     report = {
         "settings": {
             "data": str(root), "seed": seed, "pairs_requested": pairs, "pairs": len(pair_list),
@@ -529,7 +559,8 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
             "detector": dataclasses.asdict(det_config), "detect_overrides": detect,
             "iou_found": IOU_FOUND, "align_min_size": ALIGN_MIN_SIZE, "threshold": THRESHOLD,
             "descriptor": {"gallery": GALLERY_PATH, "probe": probe_descriptor_path()},
-            "units": "auc, accuracy, accuracy_all: fractions; delta_*: method minus bicubic, points (x100)",
+            "units": "auc, accuracy, accuracy_all: fractions; delta_*: method minus bicubic, points (x100); "
+                     "*_ci95: [low, high] of a paired bootstrap over the pairs, points",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "wall_seconds": round(time.perf_counter() - start, 1),
@@ -537,7 +568,7 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
         "cells": [{"name": c.name, "width": c.width, "camera": c.camera.name} for c in cells],
         "methods": method_info,
         "results": results,
-        "summary": summarize(results, [m.name for m in methods]),
+        "summary": summarize(results, [m.name for m in methods], intervals),
         "excluded_photos": excluded,
         "pair_list": [dataclasses.asdict(p) for p in pair_list],
     }
@@ -558,8 +589,29 @@ def _add_deltas(results: list[dict]) -> None:
         r["delta_auc"] = _points(r["auc"], b["auc"]) if b else None
 
 
-def summarize(results: list[dict], methods: Sequence[str]) -> dict:
-    """Per method: means over cells, and the worst / best difference to bicubic (points)."""
+def _add_intervals(results: list[dict], distances: dict[str, list[np.ndarray]], same: np.ndarray,
+                   seed: int) -> dict[str, list[float]]:
+    """Each result's `delta_accuracy_ci95` (`bootstrap_deltas`; None for bicubic or without a bicubic row);
+    returns each method's interval of the mean difference over the cells."""
+    means: dict[str, list[float]] = {}
+    for r in results:
+        r["delta_accuracy_ci95"] = None
+    if "bicubic" not in distances:
+        return means
+    base = np.stack(distances["bicubic"])
+    for name, rows in distances.items():
+        if name == "bicubic":
+            continue
+        cells, mean = bootstrap_deltas(np.stack(rows), base, same, seed=seed)
+        for r, (lo, hi) in zip((r for r in results if r["method"] == name), cells):
+            r["delta_accuracy_ci95"] = [round(float(lo), 2), round(float(hi), 2)]
+        means[name] = [round(float(v), 2) for v in mean]
+    return means
+
+
+def summarize(results: list[dict], methods: Sequence[str], intervals: dict[str, list[float]] | None = None) -> dict:
+    """Per method: means over cells, the worst / best difference to bicubic (points), and the 95 % interval
+    of the mean difference (`bootstrap_deltas`; None without one)."""
     def mean(values):
         values = [v for v in values if v is not None]
         return round(float(np.mean(values)), 4) if values else None
@@ -572,6 +624,7 @@ def summarize(results: list[dict], methods: Sequence[str]) -> dict:
                      "mean_accuracy_all": mean(r["accuracy_all"] for r in rows),
                      "mean_auc": mean(r["auc"] for r in rows),
                      "mean_delta_accuracy": round(float(np.mean(deltas)), 2) if deltas else None,
+                     "mean_delta_accuracy_ci95": (intervals or {}).get(name),
                      "min_delta": min(deltas) if deltas else None,
                      "max_delta": max(deltas) if deltas else None,
                      "cells_better": sum(d > 0 for d in deltas), "cells_worse": sum(d < 0 for d in deltas),
@@ -604,6 +657,12 @@ def to_markdown(report: dict) -> str:
         lines.append(f"| {m['name']} | " + " | ".join(fmt(by[m["name"], c]) for c in cells) + " |")
     first = report["methods"][0]["name"]
     lines.append("| lost | " + " | ".join(f"{by[first, c]['lost']}/{by[first, c]['pairs']}" for c in cells) + " |")
+    means = [(name, row) for name, row in report["summary"].items() if row.get("mean_delta_accuracy_ci95")]
+    if means:
+        lines += ["", "Mean difference to bicubic over the cells, points, with its 95 % interval (paired bootstrap "
+                  f"over the pairs, {BOOTSTRAP_DRAWS} draws; per cell in the JSON): " + "; ".join(
+                      f"{name} {row['mean_delta_accuracy']:+.1f} [{row['mean_delta_accuracy_ci95'][0]:+.1f}, "
+                      f"{row['mean_delta_accuracy_ci95'][1]:+.1f}]" for name, row in means) + "."]
     return "\n".join(lines) + "\n"
 
 

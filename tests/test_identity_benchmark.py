@@ -223,6 +223,31 @@ def test_auc_and_scores() -> None:
     assert r == {"pairs": 4, "lost": 1, "auc": 1.0, "accuracy": round(2 / 3, 4), "accuracy_all": 0.5}
 
 
+def test_bootstrap_intervals_hold_the_difference_and_narrow_with_more_pairs() -> None:
+    rng = np.random.default_rng(0)
+
+    def draw(n):  # a base method right 70 % of the time, a better one 80 %; one cell with lost probes
+        same = rng.random(n) < 0.5
+        right = lambda p: np.where((rng.random((2, n)) < p) == same, 0.3, 0.9)  # noqa: E731
+        base, better = right(0.7), right(0.8)
+        base[1, :n // 10] = better[1, :n // 10] = np.nan
+        return better, base, same
+
+    widths = []
+    for n in (100, 1600):
+        better, base, same = draw(n)
+        cells, mean = identity.bootstrap_deltas(better, base, same)
+        points = [100 * (identity.score_cell(m, same)["accuracy"] - identity.score_cell(b, same)["accuracy"])
+                  for m, b in zip(better, base)]
+        assert all(lo <= p <= hi for (lo, hi), p in zip(cells, points))
+        assert mean[0] <= np.mean(points) <= mean[1]
+        widths.append(mean[1] - mean[0])
+        again = identity.bootstrap_deltas(better, base, same)
+        assert np.array_equal(again[0], cells) and np.array_equal(again[1], mean)  # seeded
+    assert widths[1] < widths[0] / 2  # 16 x the pairs: a quarter of the width, give or take
+    assert mean[0] > 0  # with 1,600 pairs the 10-point gain is told from noise
+
+
 def test_detector_settings() -> None:
     assert identity.detector_settings().min_face_size == 12
     assert identity.detector_settings(["min_face_size=8"]).min_face_size == 8
@@ -318,7 +343,8 @@ def test_end_to_end_quick_run_writes_the_schema(tmp_path: Path, capsys: pytest.C
     assert report["cells"] == [{"name": "clean@24", "width": 24, "camera": "clean"}]
     [row] = report["results"]
     assert set(row) == {"method", "cell", "width", "camera", "pairs", "lost", "auc", "accuracy",
-                        "accuracy_all", "delta_accuracy", "delta_auc"}
+                        "accuracy_all", "delta_accuracy", "delta_auc", "delta_accuracy_ci95"}
+    assert row["delta_accuracy_ci95"] is None and report["summary"]["bicubic"]["mean_delta_accuracy_ci95"] is None
     assert row["method"] == "bicubic" and row["pairs"] == 8 and 0 <= row["lost"] <= 8
     assert 0.0 <= row["accuracy_all"] <= row["accuracy"] <= 1.0 and row["delta_accuracy"] == 0.0
     assert set(report["summary"]) == {"bicubic"} and "min_delta" in report["summary"]["bicubic"]

@@ -91,6 +91,11 @@ def test_four_cameras_and_a_file_in_one_process_survive_a_camera_restart(rtsp_se
                        "facesr_queue_depth", "facesr_camera_up"):
             assert (series, cam) in values, (series, cam)
     assert values[("facesr_camera_up", "dead")] == 0
+    # each live camera's noise, measured on its own stream between its key frames (every 0.5 s); none for the
+    # camera that never delivered a frame
+    for cam in LIVE:
+        assert 0 <= values[("facesr_camera_noise_sigma", cam)] < 20, cam
+    assert ("facesr_camera_noise_sigma", "dead") not in values
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["failed"] == ["dead"] and summary["interrupted"] is True

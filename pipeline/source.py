@@ -256,7 +256,7 @@ class VideoSource:
     @property
     def noise(self) -> float | None:
         """The camera's noise sigma measured on the stream so far (common.noise; None: not known yet, or a
-        folder of photos)."""
+        folder of unrelated photos)."""
         return self._noise.value
 
     @property
@@ -407,7 +407,10 @@ class VideoSource:
                 self.stats.errors += 1
                 log.warning("%s: skipping unreadable image %s", self.name, path.name)
                 continue
-            if not self._emit(image, self.stats.decoded / fps if fps else None, path.name):
+            # The frames of one video (a camera's exported stills) show one scene: its noise is measured as
+            # on a stream; unrelated photos have none to compare.
+            noise = self._noise.update(image) if self.folder_mode == "sequence" else None
+            if not self._emit(image, self.stats.decoded / fps if fps else None, path.name, noise=noise):
                 return
         if self.stats.decoded == 0:
             raise SourceError(f"{self.name}: none of the {len(self._images)} images could be read")

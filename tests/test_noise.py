@@ -167,6 +167,22 @@ def test_an_h264_camera_is_measured_between_its_intra_frames(tmp_path):
     assert noise[4:8] == [noise[4]] * 4 and noise[8:12] == [noise[8]] * 4  # one value per GOP
 
 
+def test_a_folder_of_one_cameras_frames_is_measured_and_unrelated_photos_are_not(tmp_path):
+    rng = np.random.default_rng(9)
+    still = cv2.resize(scene(), (320, 240))
+    for mode in ("sequence", "photos"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        for i in range(5):
+            cv2.imwrite(str(folder / f"frame_{i:04d}.png"), camera(still, 6.0, rng))
+        with open_source(str(folder), SourceConfig(folder_mode=mode)) as src:
+            noise = [f.noise for f in src]
+        if mode == "sequence":
+            assert noise[0] is None and all(3.5 <= n <= 4.5 for n in noise[1:]), noise  # 6 x 0.67 = 4.0
+        else:
+            assert noise == [None] * 5 and src.noise is None
+
+
 # -- strength ----------------------------------------------------------------------------------------------------
 def test_strength_falls_from_full_to_low_over_noisy_cameras():
     assert strength_for(noise=None) == 1.0 and strength_for(noise=NOISE_FULL) == 1.0

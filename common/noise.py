@@ -60,15 +60,16 @@ def block_luma(image: np.ndarray, blocks: int = BLOCKS, limited: bool = False) -
     """At most about `blocks` BLOCK x BLOCK blocks of an H x W x 3 BGR (or H x W grey) uint8 image, the
     same blocks for every frame of one size: their BT.601 luma on the 0-255 scale (n x BLOCK^2 float32;
     `limited`: the image is a Y plane of video's limited range 16-235, stretched to 0-255), and which
-    blocks are clipped (more than CLIPPED of their pixels at 0 or 255 in a channel): clipping cuts off the
-    noise there (a few clipped pixels of a noisy block do not: with sigma 8 most blocks of a bright photo
-    have one)."""
+    blocks are clipped (more than CLIPPED of their pixels at the range's ends in a channel: 0 or 255, 16 or
+    235 for `limited`): clipping cuts off the noise there (a few clipped pixels of a noisy block do not: with
+    sigma 8 most blocks of a bright photo have one)."""
     rows, cols = image.shape[0] // BLOCK, image.shape[1] // BLOCK
     step = max(1, int(np.ceil(np.sqrt(rows * cols / blocks))))
     channels = 1 if image.ndim == 2 else image.shape[2]
     tiles = image[:rows * BLOCK, :cols * BLOCK].reshape(rows, BLOCK, cols, BLOCK, channels)[::step, :, ::step]
     tiles = tiles.swapaxes(1, 2).reshape(-1, BLOCK * BLOCK, channels)
-    clipped = ((tiles == 0) | (tiles == 255)).any(axis=2).mean(axis=1) > CLIPPED
+    low, high = (16, 235) if limited else (0, 255)
+    clipped = ((tiles <= low) | (tiles >= high)).any(axis=2).mean(axis=1) > CLIPPED
     y = tiles[..., 0].astype(np.float32) if tiles.shape[-1] == 1 else tiles.astype(np.float32) @ _LUMA
     return ((y - 16.0) * np.float32(255.0 / 219.0) if limited else y), clipped
 

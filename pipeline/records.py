@@ -25,8 +25,8 @@ class Frame:
     `decoded_at`: wall-clock time (time.time()) it was decoded: a face's end-to-end latency starts
     there, also when the face is written by another process (pipeline.cluster); `qp`: the H.264
     quantiser of each block (common.qp; None for other codecs and images); `noise`: the camera's noise
-    sigma measured on the stream up to this frame (common.noise; None for images and a stream's first
-    frame)."""
+    sigma measured on the stream up to this frame (common.noise; None for unrelated photos, and until two
+    intra frames were seen)."""
 
     index: int
     pts_time: float | None

@@ -167,7 +167,7 @@ def write_cameras_report(out_dir: Path | str, summary: dict[str, Any]) -> Path:
     camera linking the camera's own report (`<id>/index.html`); a failed camera's row says why."""
     out_dir = Path(out_dir)
     cols = ("state", "source", "frames_processed", "frames_dropped", "reconnects", "faces_detected",
-            "faces_written", "tracks", "fps", "error")
+            "faces_written", "tracks", "fps", "noise_sigma", "error")
     head = "".join(f"<th>{_e(c.replace('_', ' '))}</th>" for c in cols)
     rows = "".join(
         f'<tr><td><a href="{_src(f"{cam}/{REPORT_FILE}")}">{_e(cam)}</a></td>'

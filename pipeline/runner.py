@@ -83,7 +83,7 @@ IDLE_WAIT_S = 0.5
 #: A multi-camera run's DIR/summary.json: these totals over the cameras, and these fields of each camera.
 OVERVIEW_TOTALS = ("frames_decoded", "frames_processed", "frames_dropped", "reconnects", "faces_detected",
                    "faces_written", "tracks", "worker_restarts", "enhance_retries")
-OVERVIEW_CAMERA = ("state", "source", "live", "error", *OVERVIEW_TOTALS, "fps")
+OVERVIEW_CAMERA = ("state", "source", "live", "error", *OVERVIEW_TOTALS, "fps", "noise_sigma")
 
 #: Why detected faces were not written (summary.json "faces_not_written"): each detection is counted once,
 #: so faces_detected = faces_written + the sum of these (for a run that was not cut short).

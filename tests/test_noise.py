@@ -183,6 +183,22 @@ def test_a_folder_of_one_cameras_frames_is_measured_and_unrelated_photos_are_not
             assert noise == [None] * 5 and src.noise is None
 
 
+def test_a_site_reports_each_cameras_noise(tmp_path):
+    """Two cameras in one process, a noisy one and a clean one: DIR/summary.json and DIR/index.html say which."""
+    from pipeline.cameras import cameras_from_sources
+    from pipeline.runner import Runner
+
+    rng = np.random.default_rng(10)
+    still = cv2.resize(scene(), (320, 240))
+    clips = [write_clip(tmp_path / f"{name}.mkv", [camera(still, sigma, rng) for _ in range(6)], "mjpeg",
+                        flags="+qscale", global_quality=str(3 * 118)) for name, sigma in (("noisy", 6.0), ("clean", 0))]
+    cameras = cameras_from_sources([str(c) for c in clips], None, ["enhance.method=bicubic", "runtime.progress=false"])
+    summary = Runner(cameras[0].config, cameras, tmp_path / "site").run()
+    assert 2.5 <= summary["cameras"]["cam1"]["noise_sigma"] <= 5.0 and summary["cameras"]["cam2"]["noise_sigma"] < 0.5
+    index = (tmp_path / "site/index.html").read_text()
+    assert "<th>noise sigma</th>" in index and f"<td>{summary['cameras']['cam1']['noise_sigma']}</td>" in index
+
+
 # -- strength ----------------------------------------------------------------------------------------------------
 def test_strength_falls_from_full_to_low_over_noisy_cameras():
     assert strength_for(noise=None) == 1.0 and strength_for(noise=NOISE_FULL) == 1.0

@@ -65,7 +65,7 @@ class EnhancerConfig:
 #: by compression").
 QP_FULL, QP_LOW, LOW_STRENGTH = 28.0, 37.0, 0.25
 #: The same for the camera's noise sigma (common.noise, luma 0-255, after compression): the shared clips read
-#: 0.4-0.8, the benchmark's noise 8 + JPEG 50 cameras 3-7, where a share of 0.25 did best on the tuning pairs,
+#: 0.4-0.5, the benchmark's noise 8 + JPEG 50 cameras 3-7, where a share of 0.25 did best on the tuning pairs,
 #: and milder noise (1.5-3) cost the full model 1-1.5 points (models/weights/README.md, "Strength by noise").
 NOISE_FULL, NOISE_LOW = 1.5, 3.0
 

@@ -154,17 +154,29 @@ def test_an_intra_only_camera_is_measured_at_every_frame(tmp_path):
 
 @pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV has no libx264 encoder")
 def test_an_h264_camera_is_measured_between_its_intra_frames(tmp_path):
-    """Inter frames copy the still scene's noise from their reference: only intra frames (every 4th here)
-    are compared; the estimate holds in between."""
+    """Inter frames copy the still scene's noise from their reference: only intra frames (every 4th here) are
+    measured, each against the frame before it; the estimate holds in between."""
     rng = np.random.default_rng(7)
     still = cv2.resize(scene(), (320, 240))
     clip = write_clip(tmp_path / "noisy.mp4", [camera(still, 6.0, rng) for _ in range(13)], crf="18", g="4",
                       bf="0")
     with open_source(str(clip), SourceConfig()) as src:
         noise = [f.noise for f in src]
-    assert noise[:4] == [None] * 4  # the second intra frame is frame 4
+    assert noise[:4] == [None] * 4  # the first frame has none before it; the next intra frame is frame 4
     assert all(2.5 <= n <= 5.0 for n in noise[4:]), noise
     assert noise[4:8] == [noise[4]] * 4 and noise[8:12] == [noise[8]] * 4  # one value per GOP
+
+
+@pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV has no libx264 encoder")
+def test_an_intra_frame_is_compared_with_the_frame_before_it_not_a_gop_away(tmp_path):
+    """A noiseless camera panning 1 px a frame, an intra frame every 10: against the frame before it an intra
+    frame has moved by a pixel (reads 1.1), against the previous intra frame by 10 (would read 5.2)."""
+    smooth = cv2.GaussianBlur(cv2.resize(scene(), (320, 240)), (0, 0), 2)
+    clip = write_clip(tmp_path / "pan.mp4", [np.roll(smooth, i, axis=1) for i in range(31)], crf="18", g="10",
+                      bf="0")
+    with open_source(str(clip), SourceConfig()) as src:
+        noise = [f.noise for f in src]
+    assert noise[:10] == [None] * 10 and all(n < NOISE_FULL for n in noise[10:]), noise
 
 
 def test_a_folder_of_one_cameras_frames_is_measured_and_unrelated_photos_are_not(tmp_path):

@@ -403,15 +403,22 @@ def auc_score(distances: np.ndarray, same: np.ndarray) -> float | None:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def decisions(distances: np.ndarray, same: np.ndarray, threshold: float = THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """(found, correct) per pair (any shape ending in pairs): the probe was detected (distance not NaN), and
+    the decision "same person iff distance <= threshold" was right (False for a lost probe)."""
+    d = np.asarray(distances, np.float64)
+    found = np.isfinite(d)
+    return found, found & ((np.where(found, d, np.inf) <= threshold) == np.asarray(same, bool))
+
+
 def score_cell(distances: np.ndarray, same: np.ndarray, threshold: float = THRESHOLD) -> dict:
     """Metrics of one (method, cell): distances NaN for lost probes."""
     d, y = np.asarray(distances, np.float64), np.asarray(same, bool)
-    ok = np.isfinite(d)
-    correct = (d[ok] <= threshold) == y[ok]
+    ok, correct = decisions(d, y, threshold)
     auc = auc_score(d[ok], y[ok])
     return {"pairs": int(len(d)), "lost": int((~ok).sum()),
             "auc": None if auc is None else round(auc, 4),
-            "accuracy": round(float(correct.mean()), 4) if ok.any() else None,
+            "accuracy": round(float(correct[ok].mean()), 4) if ok.any() else None,
             "accuracy_all": round(float(correct.sum() / len(d)), 4) if len(d) else None}
 
 
@@ -433,12 +440,11 @@ def bootstrap_deltas(method_d: np.ndarray, base_d: np.ndarray, same: np.ndarray,
     n = same.size
     counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=draws).astype(np.float64)
 
-    def accuracy(d: np.ndarray) -> np.ndarray:  # draws x cells
-        found = np.isfinite(d)
-        correct = found & ((np.where(found, d, np.inf) <= threshold) == same)
+    def accuracy(d: np.ndarray) -> np.ndarray:  # draws x cells: score_cell's accuracy on each draw
+        found, correct = decisions(d, same, threshold)
         return (counts @ correct.T) / np.maximum(counts @ found.T, 1.0)
 
-    delta = 100.0 * (accuracy(np.asarray(method_d, np.float64)) - accuracy(np.asarray(base_d, np.float64)))
+    delta = 100.0 * (accuracy(method_d) - accuracy(base_d))
     return np.percentile(delta, [2.5, 97.5], axis=0).T, np.percentile(delta.mean(axis=1), [2.5, 97.5])
 
 

@@ -497,7 +497,8 @@ class VideoSource:
                     log.debug("%s: skipped a corrupt packet: %s", self.name, _ffmpeg_message(e))
                     continue
                 for frame in frames:
-                    # Every decoded frame, dropped or not: the noise is measured between consecutive (intra) frames.
+                    # Every decoded frame, dropped or not: the noise is measured at intra frames against the
+                    # frame decoded just before (common.noise).
                     noise = self._noise.update_frame(frame)
                     # Live: BGR conversion (a quarter of a reader's time) waits for read(), so frames
                     # dropped because the consumer lags are never converted. Files: here, in this thread.

@@ -1,9 +1,6 @@
 """The camera's noise measured on the stream (common/noise.py) and the enhance stage's strength by it."""
 from __future__ import annotations
 
-from fractions import Fraction
-from pathlib import Path
-
 import av
 import cv2
 import numpy as np
@@ -15,9 +12,10 @@ from common.noise import LUMA_GAIN, TemporalNoise, block_luma, difference_sigma,
 from models.camera import CameraModel
 from pipeline.enhance import (LOW_STRENGTH, NOISE_FULL, NOISE_LOW, Enhancer, EnhancerConfig, bicubic, blend,
                               strength_for)
-from pipeline.records import AlignedFace, Detection, EnhancedFace
+from pipeline.records import EnhancedFace
 from pipeline.run_folder import FaceRecord, validate_record
 from pipeline.source import SourceConfig, open_source
+from tests.test_qp import face_with, write_clip
 
 
 def scene() -> np.ndarray:
@@ -127,18 +125,6 @@ def test_the_y_plane_of_a_decoded_frame_reads_as_its_bgr_image():
     assert luma_plane(rgb)[0].shape == (512, 512, 3) and not luma_plane(rgb)[1]
 
 
-def write_clip(path: Path, frames: list[np.ndarray], codec: str = "libx264", **options: str) -> Path:
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=10, options=options)
-        stream.width, stream.height, stream.time_base = w, h, Fraction(1, 10)
-        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
-        container.mux(stream.encode(None))
-    return path
-
-
 def test_an_intra_only_camera_is_measured_at_every_frame(tmp_path):
     """An MJPEG camera: every frame is a picture of its own."""
     rng = np.random.default_rng(6)
@@ -222,24 +208,18 @@ def test_strength_falls_from_full_to_low_over_noisy_cameras():
     assert strength_for(qp=20, noise=20) == LOW_STRENGTH and strength_for(qp=40, noise=0.5) == LOW_STRENGTH
 
 
-def face_with(noise: float | None, side: int = 20) -> AlignedFace:
-    crop = cv2.resize(scene()[30:230, 140:340], (side, side), interpolation=cv2.INTER_AREA)
-    return AlignedFace(1, 0, np.ascontiguousarray(crop), np.eye(2, 3), side, 0.5,
-                       Detection(np.array([0, 0, side, side], np.float64), 0.99, np.zeros((5, 2))), noise=noise)
-
-
 def test_enhancer_lowers_the_strength_on_noisy_cameras_only(tiny_weights):
     enh = Enhancer(EnhancerConfig(weights=str(tiny_weights), output_size=64, runtime="torch"))
-    plain, noisy, quiet = enh([face_with(None), face_with(6.0), face_with(0.4)])
+    plain, noisy, quiet = enh([face_with(noise=None), face_with(noise=6.0), face_with(noise=0.4)])
     assert plain.strength == 1.0 and quiet.strength == 1.0 and np.array_equal(quiet.sr, plain.sr)
     assert noisy.strength == pytest.approx(LOW_STRENGTH)
-    assert np.array_equal(noisy.sr, blend(bicubic(face_with(6.0).crop, 64), plain.sr, LOW_STRENGTH))
+    assert np.array_equal(noisy.sr, blend(bicubic(face_with(noise=6.0).crop, 64), plain.sr, LOW_STRENGTH))
     off = Enhancer(EnhancerConfig(weights=str(tiny_weights), output_size=64, runtime="torch", noise_aware=False))
-    assert np.array_equal(off([face_with(6.0)])[0].sr, plain.sr)
+    assert np.array_equal(off([face_with(noise=6.0)])[0].sr, plain.sr)
 
 
 def test_tracks_jsonl_records_the_cameras_noise():
-    rec = FaceRecord.of(EnhancedFace(face_with(3.14159), np.zeros((64, 64, 3), np.uint8), 3.2, "arasfsr",
+    rec = FaceRecord.of(EnhancedFace(face_with(noise=3.14159), np.zeros((64, 64, 3), np.uint8), 3.2, "arasfsr",
                                      strength=0.25), 64, None, comparison=False).to_dict()
     validate_record(rec)
     assert rec["noise"] == 3.14

@@ -25,18 +25,24 @@ from pipeline.source import open_source
 pytestmark = pytest.mark.skipif("libx264" not in av.codecs_available, reason="this PyAV has no libx264 encoder")
 
 
+def write_clip(path: Path, frames: list[np.ndarray], codec: str = "libx264", **options: str) -> Path:
+    """The BGR frames as a 10 fps clip at `path` (`codec`: libx264, yuv420p, or mjpeg, yuvj420p)."""
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10, options=options)
+        stream.width, stream.height, stream.time_base = w, h, Fraction(1, 10)
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        container.mux(stream.encode(None))
+    return path
+
+
 def encode(frames: list[np.ndarray], path: Path | None = None, **options: str):
     """The frames through libx264 with `options`; written to `path` (a clip), else decoded back in memory
     with the QP side data: [(image, QPMap | None, picture type)]."""
-    h, w = frames[0].shape[:2]
     if path is not None:
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("libx264", rate=10, options=options)
-            stream.width, stream.height, stream.pix_fmt, stream.time_base = w, h, "yuv420p", Fraction(1, 10)
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
-            container.mux(stream.encode(None))
-        return path
+        return write_clip(path, frames, **options)
     return [(f.to_ndarray(format="bgr24"), qp_map(f), f.pict_type) for f in decoded(frames, **options)]
 
 
@@ -184,10 +190,12 @@ def test_blend_is_bicubic_plus_a_share_of_the_models_detail():
     assert (blend(base, detail, 1.0) == 200).all()
 
 
-def face_with(qp: float | None, side: int = 20) -> AlignedFace:
+def face_with(qp: float | None = None, side: int = 20, noise: float | None = None) -> AlignedFace:
+    """The astronaut's face as an aligned `side` px crop, from blocks quantised at `qp` by a camera of `noise`."""
     crop = cv2.resize(skdata.astronaut()[30:230, 140:340, ::-1], (side, side), interpolation=cv2.INTER_AREA)
     return AlignedFace(1, 0, np.ascontiguousarray(crop), np.eye(2, 3), side, 0.5,
-                       Detection(np.array([0, 0, side, side], np.float64), 0.99, np.zeros((5, 2))), qp=qp)
+                       Detection(np.array([0, 0, side, side], np.float64), 0.99, np.zeros((5, 2))), qp=qp,
+                       noise=noise)
 
 
 def test_enhancer_lowers_the_strength_on_coarse_blocks_only(tiny_weights):

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -282,6 +283,39 @@ def test_torch_threads_per_stage(detect, enhance, demo_clip, tmp_path, monkeypat
     Runner(cfg, str(demo_clip), tmp_path / "run").run()
     assert seen == {"MainThread": {detect or before}, "enhance": {enhance or before}}
     assert torch.get_num_threads() == before
+
+
+def test_progress_bar_counts_frames_whose_faces_are_written(demo_clip, tmp_path, monkeypatch):
+    """The bar moves when a frame's faces have been enhanced and written (the sink moves it), not when the
+    frame is read: with an enhancer slower than the detector it used to reach the end long before the
+    faces were written. It ends at the clip's frame count, after the last face."""
+    enhance = Enhancer.__call__
+
+    def slow(self, faces):
+        time.sleep(0.05)
+        return enhance(self, faces)
+
+    monkeypatch.setattr(Enhancer, "__call__", slow)
+    seen = []
+    advance = Runner._advance
+
+    def recording(self, frames):
+        advance(self, frames)
+        written = sum(c.counts["faces_written"] for c in self.cameras.values())
+        processed = sum(c.counts["frames_processed"] for c in self.cameras.values())
+        seen.append((self._bar.n, self._bar.total, written, processed))
+
+    monkeypatch.setattr(Runner, "_advance", recording)
+    cfg = load_config(None, ["runtime.progress=true", "enhance.method=bicubic", "runtime.max_frames=24",
+                             "detect.batch=2", "enhance.batch_size=1"])
+    summary = Runner(cfg, str(demo_clip), tmp_path / "run").run()
+    assert summary["faces_written"] > 0
+    counts = [n for n, _, _, _ in seen]
+    assert counts == sorted(counts) and counts[-1] == seen[-1][1] == 24
+    assert all(n <= processed for n, _, _, processed in seen)
+    # at 100 % every face is written; a bar of frames read got there with faces still waiting for the enhancer
+    assert seen[-1][2] == summary["faces_written"]
+    assert seen[len(seen) // 2][2] < summary["faces_written"]
 
 
 def test_thread_settings_are_checked():

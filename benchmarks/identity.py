@@ -28,7 +28,11 @@ most, IoU > 0.3 (else the probe is "lost by detection", as are faces `align_face
 `pipeline.align.align_face` at native size (min_size 8). The frame carries what the pipeline's source
 would give the enhancer with it: the QP map of an H.264 camera, and the camera's noise sigma as the source
 measures it on a stream (`common.noise`, here on 8 frames of the still scene, each with its own noise and
-compression; `camera_noise`). All of that is done once per
+compression; `camera_noise`). `--track-frames K` (default 1) makes the probe the last frame of a track of
+K frames in which the person moves a little (`track_motion`: a random walk of 0.3 px per frame), each frame
+with its own noise and compression, detected and aligned on its own, and the pipeline's fuse stage
+(`pipeline.fuse`: on cameras measured noisy, the mean of the track's registered crops) on them; the probe's
+own frame is the same as with K = 1. All of that is done once per
 (probe photo, cell) and shared by every method. Then per method (row): `pipeline.enhance.Enhancer`
 to `--output-size` (160) with bicubic or ARASFSR (one row per weights file), and the descriptor of
 the enhanced face by `DlibEmbedder(realign="canonical")`: dlib's 5 landmarks seeded with a fixed box
@@ -90,6 +94,7 @@ ALIGN_MIN_SIZE = 8
 THRESHOLD = 0.6  # dlib's published same-person distance
 BOOTSTRAP_DRAWS = 2000  # resamples of the pairs for the 95 % intervals of the differences to bicubic
 NOISE_FRAMES = 8  # frames of the still scene the camera's noise is measured on (a third of a second at 25 fps)
+TRACK_STEP = 0.3  # px per frame (at the probe's scale) a person standing in front of the camera moves (--track-frames)
 GALLERY_PATH = "DlibEmbedder.align_photo (HOG box upsample 1, 5 landmarks, get_face_chip 150) + ResNet"
 PROBE_PATH = ("DlibEmbedder(realign='canonical'): 5 landmarks seeded with the fixed box "
               "{box} of the enhanced canonical face, get_face_chip 150, ResNet")
@@ -270,29 +275,67 @@ def camera_noise(scene: np.ndarray, first: np.ndarray, camera, rng: np.random.Ge
     return meter.value
 
 
-def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector, *, name: str = "",
-               seed: int = 0, align_min_size: int = ALIGN_MIN_SIZE) -> Probe:
-    """Shrink -> camera model -> MTCNN -> best-overlapping detection (IoU > 0.3) -> align_face."""
+def _detect_and_align(frame: Frame, expected: np.ndarray, detector, index: int, align_min_size: int):
+    """MTCNN -> the detection overlapping `expected` most (IoU > 0.3) -> align_face; returns
+    (AlignedFace or None, IoU, detection score or None)."""
     from pipeline.align import UnalignableFaceError, align_face
+
+    faces = detector.detect([frame.image])[0]
+    overlaps = iou_matrix(np.array([f.box for f in faces]).reshape(-1, 4), expected[None]).ravel().tolist()
+    best = int(np.argmax(overlaps)) if overlaps else -1
+    if best < 0 or overlaps[best] <= IOU_FOUND:
+        return None, max(overlaps, default=0.0), None
+    det = faces[best]
+    try:
+        face = align_face(frame, det, track_id=0, frame_index=index, min_size=align_min_size)
+    except UnalignableFaceError as exc:
+        log.debug("frame %d: detected but not alignable: %s", index, exc)
+        face = None
+    return face, overlaps[best], float(det.score)
+
+
+def track_motion(rng: np.random.Generator, frames: int, step: float = TRACK_STEP) -> np.ndarray:
+    """frames x 2 offsets (px at the probe's scale) of a person standing in front of the camera: a random
+    walk of `step` px per frame (normal, per axis), the last frame at (0, 0)."""
+    walk = np.cumsum(rng.normal(0.0, step, (frames, 2)), axis=0)
+    return walk - walk[-1]
+
+
+def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector, *, name: str = "",
+               seed: int = 0, align_min_size: int = ALIGN_MIN_SIZE, track_frames: int = 1,
+               fuse=None) -> Probe:
+    """Shrink -> camera model -> MTCNN -> best-overlapping detection (IoU > 0.3) -> align_face.
+
+    `track_frames` > 1: the probe's frame is the last of a track of that many frames (the person moving a
+    little, `track_motion`; each frame with its own noise and compression, detected and aligned on its own)
+    and goes through `fuse` (a pipeline.fuse.FuseConfig) with the track's earlier faces. The probe's own
+    frame is the one of track_frames 1 (same seed): the two protocols differ only in the earlier frames."""
+    from pipeline.fuse import TemporalFusion
 
     small, expected = shrink_to_face_width(photo_bgr, box, cell.width)
     rng = probe_rng(name, cell.name, seed)
     image, blocks = cell.camera.degrade(small, rng)
     # The QP map as a stream's decoder gives it, and the camera's noise as the source measures it on a stream:
     # here on NOISE_FRAMES frames of the still scene, each with the camera's own noise and compression.
-    frame = Frame(index=0, pts_time=None, image=image, qp=blocks, noise=camera_noise(small, image, cell.camera, rng))
-    faces = detector.detect([image])[0]
-    overlaps = iou_matrix(np.array([f.box for f in faces]).reshape(-1, 4), expected[None]).ravel().tolist()
-    best = int(np.argmax(overlaps)) if overlaps else -1
-    if best < 0 or overlaps[best] <= IOU_FOUND:
-        return Probe(name, cell.name, image.shape[:2], None, max(overlaps, default=0.0), None)
-    det = faces[best]
-    try:
-        face = align_face(frame, det, track_id=0, frame_index=0, min_size=align_min_size)
-    except UnalignableFaceError as exc:
-        log.debug("%s %s: detected but not alignable: %s", name, cell.name, exc)
-        face = None
-    return Probe(name, cell.name, image.shape[:2], face, overlaps[best], float(det.score))
+    noise = camera_noise(small, image, cell.camera, rng)
+    fusion = TemporalFusion(fuse) if track_frames > 1 else None
+    if fusion is not None:
+        track_rng = probe_rng(name, f"{cell.name}|track", seed)
+        for k, (dx, dy) in enumerate(track_motion(track_rng, track_frames)[:-1]):
+            s = cell.width / float(box[2] - box[0])  # full-resolution pixels per probe pixel: 1 / s
+            moved = cv2.warpAffine(photo_bgr, np.float32([[1, 0, dx / s], [0, 1, dy / s]]),
+                                   photo_bgr.shape[1::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+            earlier, blocks_k = cell.camera.degrade(shrink_to_face_width(moved, box, cell.width)[0], track_rng)
+            frame_k = Frame(index=k, pts_time=None, image=earlier, qp=blocks_k, noise=noise)
+            face_k = _detect_and_align(frame_k, expected + [dx, dy, dx, dy], detector, k, align_min_size)[0]
+            if face_k is not None:
+                fusion([face_k])
+    index = track_frames - 1
+    frame = Frame(index=index, pts_time=None, image=image, qp=blocks, noise=noise)
+    face, iou, score = _detect_and_align(frame, expected, detector, index, align_min_size)
+    if face is not None and fusion is not None:
+        face = fusion([face])[0]
+    return Probe(name, cell.name, image.shape[:2], face, iou, score)
 
 
 # --- methods -----------------------------------------------------------------------------------
@@ -493,8 +536,10 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells: Sequence[Cell] | None = None,
                   methods: Sequence[Method] | None = None, seed: int = 0, output_size: int = 160,
                   detect: Iterable[str] = (), device: str = "cpu", progress: bool = True,
-                  batch_size: int = 16) -> dict:
+                  batch_size: int = 16, track_frames: int = 1) -> dict:
     """Run the protocol (module docstring); returns the report (the --json content)."""
+    from pipeline.fuse import FuseConfig
+
     from pipeline.detect import MTCNNDetector
     from pipeline.recognition import DlibEmbedder
 
@@ -505,6 +550,9 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
     det_config = detector_settings(detect)
     if not 8 <= output_size <= 1024:
         raise ConfigError(f"--output-size must be in [8, 1024], got {output_size}")
+    if not 1 <= track_frames <= 64:
+        raise ConfigError(f"--track-frames must be in [1, 64], got {track_frames}")
+    fuse = FuseConfig(frames=track_frames)  # the pipeline's fuse settings, over as many frames as the track has
     root = Path(data)
     people = list_people(root)
     reference = DlibEmbedder(realign=False)  # gallery: align_photo gives dlib chips
@@ -527,7 +575,7 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
     probes: dict[tuple[str, str], Probe] = {}
     for photo, cell in _progress(jobs, len(jobs), "probes", progress):
         probes[photo, cell.name] = make_probe(photos.read(photo), photos.box(photo), cell, detector,
-                                              name=photo, seed=seed)
+                                              name=photo, seed=seed, track_frames=track_frames, fuse=fuse)
     found = [k for k, p in probes.items() if not p.lost]
     log.info("%d probe photos x %d cells: %d detected and aligned, %d lost", len(probe_photos), len(cells),
              len(found), len(probes) - len(found))
@@ -564,6 +612,9 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
             "probe_photos": len(probe_photos), "gallery_photos": len(galleries), "output_size": output_size,
             "detector": dataclasses.asdict(det_config), "detect_overrides": detect,
             "iou_found": IOU_FOUND, "align_min_size": ALIGN_MIN_SIZE, "threshold": THRESHOLD,
+            "track_frames": track_frames, "track_step_px": TRACK_STEP if track_frames > 1 else None,
+            "fuse": dataclasses.asdict(fuse) if track_frames > 1 else None,
+            "probes_fused": sum(p.face.fused > 1 for p in probes.values() if not p.lost),
             "descriptor": {"gallery": GALLERY_PATH, "probe": probe_descriptor_path()},
             "units": "auc, accuracy, accuracy_all: fractions; delta_*: method minus bicubic, points (x100); "
                      "*_ci95: [low, high] of a paired bootstrap over the pairs, points",
@@ -725,6 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--detect", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                     help="detector overrides on the pipeline defaults + min_face_size=12, e.g. min_face_size=8")
     ap.add_argument("--output-size", type=int, default=160)
+    ap.add_argument("--track-frames", type=int, default=1, metavar="K",
+                    help="each probe is the last frame of a K-frame track of the person moving a little, fused "
+                         "with the earlier frames by the pipeline's fuse stage (default 1: the photo's one frame)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="for ARASFSR (auto, cpu, cuda)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
@@ -755,7 +809,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     log.info("gallery descriptor: %s", GALLERY_PATH)
     report = run_benchmark(args.data, pairs=pairs, cells=cells, methods=methods, seed=args.seed,
                            output_size=args.output_size, detect=args.detect, device=args.device,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, track_frames=args.track_frames)
     report["settings"]["command"] = " ".join(["benchmarks/identity.py", *(argv if argv is not None else sys.argv[1:])])
     table = to_markdown(report)
     if args.json:

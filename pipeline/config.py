@@ -24,6 +24,7 @@ from common.config import build, read_yaml, setting
 from pipeline.detect import DetectorConfig
 from pipeline.enhance import EnhancerConfig
 from pipeline.errors import ConfigError
+from pipeline.fuse import FuseConfig
 from pipeline.select import SelectConfig
 from pipeline.source import SourceConfig
 from trackers import TrackerConfig
@@ -94,7 +95,7 @@ class ClusterSettings:
 
 SECTIONS: dict[str, type] = {
     "source": SourceConfig, "detect": DetectSettings, "track": TrackerConfig, "align": AlignSettings,
-    "select": SelectConfig, "enhance": EnhancerConfig, "recognition": RecognitionSettings,
+    "fuse": FuseConfig, "select": SelectConfig, "enhance": EnhancerConfig, "recognition": RecognitionSettings,
     "output": OutputSettings, "runtime": RuntimeSettings, "cluster": ClusterSettings,
 }
 DERIVED = {("track", "stride")}  # set from detect.every, never by hand
@@ -106,6 +107,7 @@ class PipelineConfig:
     detect: DetectSettings = field(default_factory=DetectSettings)
     track: TrackerConfig = field(default_factory=TrackerConfig)
     align: AlignSettings = field(default_factory=AlignSettings)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     enhance: EnhancerConfig = field(default_factory=EnhancerConfig)
     recognition: RecognitionSettings = field(default_factory=RecognitionSettings)

@@ -188,8 +188,9 @@ class Enhancer:
         return self.model is not None and not (h >= size and w >= size)
 
     def strength(self, face: AlignedFace) -> float:
-        """The share of the model's detail `face` gets (see `strength_for`)."""
-        return strength_for(face.qp, face.noise, self.config.strength, self.config.compression_aware,
+        """The share of the model's detail `face` gets (see `strength_for`; the noise left in its crop, which
+        is less than the camera's when the crop is the mean of several frames: pipeline.fuse)."""
+        return strength_for(face.qp, face.crop_noise, self.config.strength, self.config.compression_aware,
                             self.config.noise_aware)
 
     def __call__(self, faces: Sequence[AlignedFace]) -> list[EnhancedFace]:

@@ -107,7 +107,8 @@ class AlignedFace:
 
     `transform` is the 2 x 3 similarity matrix mapping frame pixels to crop pixels; `qp`: the median
     H.264 quantiser of the frame's blocks under the face (None when the frame has no QP map); `noise`: the
-    camera's noise sigma when the frame was decoded (the Frame's)."""
+    camera's noise sigma when the frame was decoded (the Frame's); `fused`: how many frames of the track
+    the crop is the mean of (pipeline.fuse; 1: this frame's alone)."""
 
     track_id: int
     frame_index: int
@@ -122,6 +123,12 @@ class AlignedFace:
     camera: str = ""  # the camera's id in a multi-camera run (pipeline.cameras); "" for a single source
     qp: float | None = None
     noise: float | None = None
+    fused: int = 1
+
+    @property
+    def crop_noise(self) -> float | None:
+        """The noise sigma left in the crop: the camera's, over sqrt(frames) for the mean of `fused` frames."""
+        return None if self.noise is None else self.noise / self.fused ** 0.5
 
 
 @dataclass

@@ -110,6 +110,7 @@ TRACK_RECORD_SCHEMA: dict = {
         "camera": {"type": ["string", "null"]},
         "qp": {"type": ["number", "null"], "minimum": 0},
         "noise": {"type": ["number", "null"], "minimum": 0},
+        "fused": {"type": "integer", "minimum": 1},
         "strength": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     },
 }
@@ -259,6 +260,7 @@ class FaceRecord(_Line):
     camera: str | None = None  # the camera's id in a multi-camera run, None for a single source
     qp: float | None = None  # the H.264 quantiser of the face's blocks (common.qp); None: unknown
     noise: float | None = None  # the camera's noise sigma when the frame was decoded (common.noise); None: unknown
+    fused: int = 1  # frames of the track the LR crop is the mean of (pipeline.fuse); 1: this frame's alone
     strength: float | None = None  # the share of the model's detail over bicubic; None: no model ran
 
     @classmethod
@@ -274,7 +276,7 @@ class FaceRecord(_Line):
             output_size=int(output_size), image=image, lr_image=lr_image if comparison else None,
             bicubic_image=bicubic_image if comparison else None, quality=_num(a.quality, 4), method=face.method,
             source_file=a.source_file, camera=a.camera or None, qp=_num(a.qp, 2), noise=_num(a.noise, 2),
-            strength=_num(face.strength, 3))
+            fused=int(a.fused), strength=_num(face.strength, 3))
 
 
 @dataclass

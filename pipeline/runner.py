@@ -1,6 +1,6 @@
 """Runner: joins the stages with threads and bounded queues, and owns batching, metrics and shutdown.
 
-    source (reader thread) -> detect -> track -> align -> select   (main thread; many cameras: more threads)
+    source (reader thread) -> detect -> track -> align -> fuse -> select   (main thread; many cameras: more threads)
         -> enhance (enhance thread) -> disk sink + recognition     (sink thread)
 
 Many cameras (`pipeline.cameras`) run in the same threads: one reader thread per camera, and
@@ -69,6 +69,7 @@ from pipeline.errors import ConfigError, SourceError
 from pipeline.metrics import CameraState, CameraStats, Latencies, StageTimer
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.run_folder import DEMO_CLIP, RunFolder
+from pipeline.fuse import TemporalFusion
 from pipeline.select import Selector
 from pipeline.sinks import DiskSink, write_summary
 from pipeline.source import open_source
@@ -181,6 +182,7 @@ class CameraRun:
         self.summary: dict[str, Any] | None = None
         self.src = self.sink = self.matcher = self.detector = self.enhancer = None
         self.aligner = Aligner(self.config.align.min_size, self.config.align.max_size)
+        self.fusion = TemporalFusion(self.config.fuse)
         self.selector = Selector(self.config.select)
         self.tracker = SortTracker(self.config.track)
 
@@ -279,7 +281,7 @@ class CameraRun:
         return 1 if self.photos else self.config.detect.every  # no photo is skipped
 
     def process(self, frames: list[Frame], detections: dict[int, list]) -> list[AlignedFace | TrackEnd]:
-        """Track, align and select the faces of `frames` (in order), given the detections of those
+        """Track, align, fuse and select the faces of `frames` (in order), given the detections of those
         frames that were detected; returns the faces to enhance and the track ends, tagged with the camera."""
         chosen: list[AlignedFace | TrackEnd] = []
         tracker, aligner, selector = self.tracker, self.aligner, self.selector
@@ -293,7 +295,7 @@ class CameraRun:
             updates = tracker.update(frame.index, dets) if dets is not None else tracker.predict(frame.index)
             self.counts["faces_detected"] += len(dets or [])
             t1 = time.perf_counter()
-            aligned = aligner(frame, updates)
+            aligned = self.fusion(aligner(frame, updates))  # the fusion's time counts as alignment's
             t2 = time.perf_counter()
             seen = [u for u in updates if u.detection is not None]
             eligible = sum(u.state in aligner.states for u in seen)
@@ -318,6 +320,7 @@ class CameraRun:
     def ended(self) -> list[AlignedFace | TrackEnd]:
         """The tracks the tracker ended since the last call: their best-N faces, then their ends."""
         ends = [dataclasses.replace(e, camera=self.id) for e in self.tracker.pop_ended()]
+        self.fusion.end_tracks(e.track_id for e in ends)
         faces = self.selector.end_tracks(e.track_id for e in ends)
         for face in faces:
             face.camera = self.id

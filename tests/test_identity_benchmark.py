@@ -330,6 +330,34 @@ def test_make_probe_is_deterministic() -> None:
 
 @needs_dlib
 @needs_lfw
+def test_a_track_probe_is_its_own_frame_fused_with_the_tracks_earlier_frames() -> None:
+    """--track-frames K: the probe's frame is the single-frame protocol's; on a noisy camera the pipeline's
+    fuse stage averages it with the track's earlier frames (the person moving a little), on a clean one not."""
+    from pipeline.detect import MTCNNDetector
+    from pipeline.fuse import FuseConfig
+
+    people = identity.list_people(LFW)
+    photo_name = people[sorted(people)[0]][0]
+    photo = cv2.imread(str(LFW / photo_name))
+    box = DlibEmbedder().face_box(photo)
+    det = MTCNNDetector(identity.detector_settings())
+    motion = identity.track_motion(np.random.default_rng(0), 8)
+    assert motion.shape == (8, 2) and np.array_equal(motion[-1], [0, 0]) and 0 < np.abs(motion).max() < 5
+    for cell, fused in [("noise8+jpeg50@24", True), ("clean@24", False)]:
+        c = identity.Cell.parse(cell)
+        one = identity.make_probe(photo, box, c, det, name=photo_name, seed=0)
+        track = identity.make_probe(photo, box, c, det, name=photo_name, seed=0, track_frames=8,
+                                    fuse=FuseConfig(frames=8))
+        assert not one.lost and not track.lost and one.iou == track.iou and one.face.noise == track.face.noise
+        if fused:
+            assert 4 <= track.face.fused <= 8 and not np.array_equal(track.crop, one.crop)
+            assert track.face.frame_index == 7
+        else:
+            assert track.face.fused == 1 and np.array_equal(track.crop, one.crop)
+
+
+@needs_dlib
+@needs_lfw
 def test_end_to_end_quick_run_writes_the_schema(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     rc = identity.main(["--pairs", "8", "--cells", "clean@24", "--weights", "bicubic", "--no-progress",

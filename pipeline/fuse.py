@@ -11,7 +11,9 @@ mean would add the registration's blur and nothing else.
 Every crop of a track has the aligner's canonical framing at its own native size, so an earlier crop
 is resized to the new one's size and then shifted onto it (`register`: ECC, translation, sub-pixel; the
 landmarks' jitter at 16 px is a fraction of a pixel to a pixel). Earlier crops that do not match the new
-one after that (correlation below `min_correlation`: a turned head, a blink, a passer-by) are left out.
+one after that (correlation below `min_correlation`: a turned head, a passer-by) are left out, and within a
+crop the pixels that differ from the new one by more than the camera's noise explains (a mouth that moved, a
+blink) count little (`merge_weights`), so they keep the new frame's pixels rather than a ghost of both.
 The kept crops are the unfused ones: each frame's noise stays independent of the others'.
 
 Example:
@@ -53,12 +55,19 @@ class FuseConfig:
 
 ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4)
 MAX_SHIFT = 0.15  # of the crop's side: an earlier crop further off than this is another view, not jitter
+#: merge_weights: a pixel counts half where its smoothed difference is MERGE_TOLERANCE x the camera's noise sigma.
+#: The smoothed difference of two frames of a still face is ~0.4-0.8 sigma (noise, sub-pixel registration), a
+#: moved mouth tens of grey levels.
+MERGE_TOLERANCE = 3.0
+
+
+def _luma(crop: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
 
 
 def _gray(crop: np.ndarray) -> np.ndarray:
     """Float luma, smoothed a little so the noise does not steer the registration and the correlation."""
-    g = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
-    return cv2.GaussianBlur(g, (0, 0), 0.8)
+    return cv2.GaussianBlur(_luma(crop), (0, 0), 0.8)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -93,20 +102,42 @@ def register(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, flo
     sample = np.float32([[1 / sx, 0, (tx + 0.5) / sx - 0.5], [0, 1 / sy, (ty + 0.5) / sy - 0.5]])
     out = cv2.warpAffine(moving, sample, (w, h), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_REPLICATE)
-    return out, correlation(ref, _gray(out))
+    # ECC minimises the squared difference, so a part of the face that changed (a mouth opening) can pull it off;
+    # keep the aligner's framing instead when that matches the bulk of the face better (median: robust to the part)
+    shifted, unshifted = _gray(out), _gray(resized)
+    if np.median(np.abs(unshifted - ref)) < np.median(np.abs(shifted - ref)):
+        out, shifted = resized, unshifted
+    return out, correlation(ref, shifted)
 
 
-def fuse_crops(reference: np.ndarray, earlier: Sequence[np.ndarray], min_correlation: float) -> tuple[np.ndarray, int]:
-    """The mean of `reference` and those `earlier` crops that register onto it with at least
-    `min_correlation`; returns (uint8 crop of reference's size, number of crops in the mean)."""
-    kept = [reference.astype(np.float32)]
+def merge_weights(reference: np.ndarray, crop: np.ndarray, noise: float) -> np.ndarray:
+    """Per pixel, how much a registered earlier `crop` may count in the mean: ~1 where it differs from
+    `reference` by what the camera's `noise` explains, ~0 where the face itself changed (a mouth that moved, a
+    blink), so those parts keep the new frame's pixels instead of a ghost of both. The difference is smoothed
+    first (3 x 3-ish Gaussian): noise averages out there, a change of the face does not."""
+    diff = cv2.GaussianBlur(np.abs(_luma(crop) - _luma(reference)), (0, 0), 1.0)
+    scale = MERGE_TOLERANCE * max(noise, 1.0)
+    return 1.0 / (1.0 + (diff / scale) ** 4)
+
+
+def fuse_crops(reference: np.ndarray, earlier: Sequence[np.ndarray], min_correlation: float,
+               noise: float) -> tuple[np.ndarray, int]:
+    """The weighted mean of `reference` and those `earlier` crops that register onto it with at least
+    `min_correlation` (each pixel weighted by `merge_weights`); returns (uint8 crop of reference's size,
+    number of crops in the mean)."""
+    total = reference.astype(np.float32)
+    weight = np.ones(reference.shape[:2], np.float32)
+    n = 1
     for crop in earlier:
         reg = register(reference, crop)
         if reg is not None and reg[1] >= min_correlation:
-            kept.append(reg[0].astype(np.float32))
-    if len(kept) == 1:
+            w = merge_weights(reference, reg[0], noise)
+            total += w[..., None] * reg[0]
+            weight += w
+            n += 1
+    if n == 1:
         return reference, 1
-    return np.clip(np.rint(np.mean(kept, axis=0)), 0, 255).astype(np.uint8), len(kept)
+    return np.clip(np.rint(total / weight[..., None]), 0, 255).astype(np.uint8), n
 
 
 class TemporalFusion:
@@ -130,7 +161,7 @@ class TemporalFusion:
         if face.noise is not None and face.noise >= cfg.min_noise:
             earlier = [crop for index, crop in kept if 0 < face.frame_index - index <= cfg.max_gap]
             if earlier:
-                crop, n = fuse_crops(face.crop, earlier, cfg.min_correlation)
+                crop, n = fuse_crops(face.crop, earlier, cfg.min_correlation, face.noise)
                 if n > 1:
                     out = dataclasses.replace(face, crop=crop, fused=n)
         kept.append((face.frame_index, face.crop))

@@ -11,7 +11,7 @@ from skimage import data as skdata
 from pipeline.config import load_config
 from pipeline.enhance import Enhancer, EnhancerConfig
 from pipeline.errors import ConfigError
-from pipeline.fuse import FuseConfig, TemporalFusion, correlation, fuse_crops, register
+from pipeline.fuse import FuseConfig, TemporalFusion, correlation, fuse_crops, merge_weights, register
 from pipeline.records import AlignedFace, Detection, EnhancedFace
 from pipeline.run_folder import FaceRecord, validate_record
 from pipeline.runner import Runner
@@ -60,7 +60,7 @@ def test_another_face_or_a_flat_crop_does_not_register_as_the_face():
     other = cv2.resize(np.ascontiguousarray(skdata.coffee()[:, 100:500, ::-1]), (24, 24), interpolation=cv2.INTER_AREA)
     reg = register(face, other)
     assert reg is None or reg[1] < 0.9
-    assert fuse_crops(face, [other, np.full_like(face, 128)], 0.9)[1] == 1
+    assert fuse_crops(face, [other, np.full_like(face, 128)], 0.9, 6.0)[1] == 1
     assert correlation(np.ones((4, 4), np.float32), np.ones((4, 4), np.float32)) == 0.0  # no contrast: no match
 
 
@@ -76,6 +76,23 @@ def test_the_mean_of_n_noisy_frames_has_about_1_over_sqrt_n_of_the_noise():
     assert error(faces[-1].crop, truth) < 0.5 * error(crops[-1], truth)  # 1 / sqrt(8) = 0.35, perfectly registered
     assert faces[-1].crop_noise == pytest.approx(8.0 / np.sqrt(8))
     assert faces[-1].noise == 8.0  # the record keeps the camera's noise
+
+
+def test_a_part_of_the_face_that_changed_keeps_the_new_frames_pixels():
+    """A mouth that moved between frames: the still parts are averaged (less noise), the changed part is the
+    new frame's (no ghost of the old mouth)."""
+    rng = np.random.default_rng(4)
+    before = view(32)
+    after = before.copy()
+    after[20:28, 10:22] = 255 - after[20:28, 10:22]  # the lower face changed
+    crops = [noisy(before, 6.0, rng) for _ in range(7)] + [noisy(after, 6.0, rng)]
+    w = merge_weights(crops[-1], crops[0], 6.0)
+    assert w[4:14, 4:28].mean() > 0.8 and w[21:27, 12:20].max() < 0.1
+    fused, n = fuse_crops(crops[-1], crops[:-1], 0.5, 6.0)
+    assert n == 8
+    changed, still = (slice(21, 27), slice(12, 20)), (slice(4, 14), slice(4, 28))
+    assert error(fused[changed], after[changed]) < 1.5 * error(crops[-1][changed], after[changed])  # no ghost
+    assert error(fused[still], after[still]) < 0.6 * error(crops[-1][still], after[still])  # averaged
 
 
 def test_only_noisy_cameras_are_fused():

@@ -308,7 +308,8 @@ def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector
 
     `track_frames` > 1: the probe's frame is the last of a track of that many frames (the person moving a
     little, `track_motion`; each frame with its own noise and compression, detected and aligned on its own)
-    and goes through `fuse` (a pipeline.fuse.FuseConfig) with the track's earlier faces. The probe's own
+    and goes through the fuse stage (`fuse`: a pipeline.fuse.FuseConfig; None: its defaults) with the track's
+    earlier faces. The probe's own
     frame is the one of track_frames 1 (same seed): the two protocols differ only in the earlier frames."""
     from pipeline.fuse import TemporalFusion
 
@@ -321,8 +322,8 @@ def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector
     fusion = TemporalFusion(fuse) if track_frames > 1 else None
     if fusion is not None:
         track_rng = probe_rng(name, f"{cell.name}|track", seed)
+        s = cell.width / float(box[2] - box[0])  # full-resolution pixels per probe pixel: 1 / s
         for k, (dx, dy) in enumerate(track_motion(track_rng, track_frames)[:-1]):
-            s = cell.width / float(box[2] - box[0])  # full-resolution pixels per probe pixel: 1 / s
             moved = cv2.warpAffine(photo_bgr, np.float32([[1, 0, dx / s], [0, 1, dy / s]]),
                                    photo_bgr.shape[1::-1], flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
             earlier, blocks_k = cell.camera.degrade(shrink_to_face_width(moved, box, cell.width)[0], track_rng)
@@ -538,9 +539,8 @@ def run_benchmark(data: Path | str = DATA, *, pairs: int = DEFAULT_PAIRS, cells:
                   detect: Iterable[str] = (), device: str = "cpu", progress: bool = True,
                   batch_size: int = 16, track_frames: int = 1) -> dict:
     """Run the protocol (module docstring); returns the report (the --json content)."""
-    from pipeline.fuse import FuseConfig
-
     from pipeline.detect import MTCNNDetector
+    from pipeline.fuse import FuseConfig
     from pipeline.recognition import DlibEmbedder
 
     start = time.perf_counter()

@@ -350,6 +350,7 @@ class CameraRun:
         if self.matcher is not None:
             self.matcher.update(item)
         self.counts["faces_written"] += 1
+        self.counts["faces_fused"] += item.face.fused > 1
         self.latency.add(item.face.decoded_at)
         self.timer.add("sink", time.perf_counter() - t0, 1)
 
@@ -367,6 +368,7 @@ class CameraRun:
             **{k: v for k, v in stats.items() if k != "stages"},
             "frames_expected": src.frame_count if src else None, "truncated": src.truncated if src else False,
             "faces_aligned": self.counts["faces_aligned"], "faces_not_written": not_written,
+            "faces_fused": self.counts["faces_fused"],  # written as the mean of several frames (pipeline.fuse)
             "faces_skipped_at_stop": self.counts["faces_skipped_at_stop"],
             # pipeline.cluster: times the camera's worker was restarted, enhancer calls retried (0 in one process)
             "worker_restarts": self.counts["worker_restarts"], "enhance_retries": self.counts["enhance_retries"],

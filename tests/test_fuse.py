@@ -155,11 +155,12 @@ def test_a_noisy_cameras_faces_are_written_fused_and_a_clean_ones_are_not(sigma,
     clip = write_clip(tmp_path / "cam.mkv", [noisy(still, sigma, rng) for _ in range(12)], "mjpeg",
                       flags="+qscale", global_quality=str(2 * 118))
     cfg = load_config(None, ["runtime.progress=false", "enhance.method=bicubic", "track.min_hits=1"])
-    Runner(cfg, str(clip), tmp_path / "run").run()
+    summary = Runner(cfg, str(clip), tmp_path / "run").run()
     faces = [json.loads(line) for line in (tmp_path / "run/tracks.jsonl").read_text().splitlines()]
     faces = [f for f in faces if f["type"] == "face"]
     assert len(faces) >= 8
     fused = [f["fused"] for f in faces]
+    assert summary["faces_fused"] == sum(n > 1 for n in fused)
     if sigma:
         assert max(fused) == 8 and fused == sorted(fused)
     else:

@@ -2,8 +2,8 @@
 
 A camera's noise is new in every frame, a face is not: the mean of n crops of one face, registered onto
 each other, keeps the face and has 1/sqrt(n) of the noise. The model, which sharpens noise into false
-detail, can then be given more of its strength (`pipeline.enhance.strength_for` reads the fused face's
-noise). Measured on the identity benchmark's noisy camera (noise 8 + JPEG 50, 16 px faces, tuning pairs):
+detail, can then be given more of its strength (`pipeline.enhance.strength_for` reads the noise left in the
+fused face). Measured on the identity benchmark's noisy camera (noise 8 + JPEG 50, 16 px faces, tuning pairs):
 dlib's accuracy over bicubic of one frame, SR of one frame +2.3 points, SR of the mean of 8 frames of a still
 scene +8.1 (models/weights/README.md, "Fusing a track's frames"). Only noisy cameras: on a clean one the
 mean would add the registration's blur and nothing else.
@@ -14,7 +14,10 @@ landmarks' jitter at 16 px is a fraction of a pixel to a pixel). Earlier crops t
 one after that (correlation below `min_correlation`: a turned head, a passer-by) are left out, and within a
 crop the pixels that differ from the new one by more than the camera's noise explains (a mouth that moved, a
 blink) count little (`merge_weights`), so they keep the new frame's pixels rather than a ghost of both.
-The kept crops are the unfused ones: each frame's noise stays independent of the others'.
+The kept crops are the unfused ones: each frame's noise stays independent of the others'. The noise left in
+the fused crop (`AlignedFace.fused_noise`, what the enhancer's strength rule reads) is the camera's over the
+square root of the looks at the noise the mean really had (`independence`: an H.264 inter frame that copied a
+still face's block, noise and all, is no new look).
 
 Example:
     >>> fuse = TemporalFusion(FuseConfig(frames=8))
@@ -120,14 +123,25 @@ def merge_weights(reference: np.ndarray, crop: np.ndarray, noise: float) -> np.n
     return 1.0 / (1.0 + (diff / scale) ** 4)
 
 
+def independence(reference: np.ndarray, crop: np.ndarray, noise: float) -> float:
+    """How new a look at the noise a registered earlier `crop` is: 1 when its noise is independent of
+    `reference`'s (an uncompressed, JPEG or intra-coded frame), towards 0 when it is the same noise (an H.264
+    inter frame copies a still block from its reference, noise and all). Their difference spreads by sqrt(2)
+    x the camera's noise when independent (robust spread: MAD, so edges and a moved mouth weigh little)."""
+    d = _luma(crop) - _luma(reference)
+    spread = 1.4826 * float(np.median(np.abs(d - np.median(d))))
+    return min(1.0, (spread / (np.sqrt(2.0) * max(noise, 1e-6))) ** 2)
+
+
 def fuse_crops(reference: np.ndarray, earlier: Sequence[np.ndarray], min_correlation: float,
-               noise: float) -> tuple[np.ndarray, int]:
+               noise: float) -> tuple[np.ndarray, int, float]:
     """The weighted mean of `reference` and those `earlier` crops that register onto it with at least
     `min_correlation` (each pixel weighted by `merge_weights`); returns (uint8 crop of reference's size,
-    number of crops in the mean)."""
+    number of crops in the mean, the noise sigma left in it). The noise left counts each crop by its mean
+    weight and its `independence`: averaging copies of the same noise removes none of it."""
     total = reference.astype(np.float32)
     weight = np.ones(reference.shape[:2], np.float32)
-    n = 1
+    n, looks = 1, 1.0
     for crop in earlier:
         reg = register(reference, crop)
         if reg is not None and reg[1] >= min_correlation:
@@ -135,9 +149,10 @@ def fuse_crops(reference: np.ndarray, earlier: Sequence[np.ndarray], min_correla
             total += w[..., None] * reg[0]
             weight += w
             n += 1
+            looks += float(w.mean()) * independence(reference, reg[0], noise)
     if n == 1:
-        return reference, 1
-    return np.clip(np.rint(total / weight[..., None]), 0, 255).astype(np.uint8), n
+        return reference, 1, noise
+    return np.clip(np.rint(total / weight[..., None]), 0, 255).astype(np.uint8), n, noise / looks ** 0.5
 
 
 class TemporalFusion:
@@ -161,9 +176,9 @@ class TemporalFusion:
         if face.noise is not None and face.noise >= cfg.min_noise:
             earlier = [crop for index, crop in kept if 0 < face.frame_index - index <= cfg.max_gap]
             if earlier:
-                crop, n = fuse_crops(face.crop, earlier, cfg.min_correlation, face.noise)
+                crop, n, left = fuse_crops(face.crop, earlier, cfg.min_correlation, face.noise)
                 if n > 1:
-                    out = dataclasses.replace(face, crop=crop, fused=n)
+                    out = dataclasses.replace(face, crop=crop, fused=n, fused_noise=left)
         kept.append((face.frame_index, face.crop))
         return out
 

@@ -108,7 +108,8 @@ class AlignedFace:
     `transform` is the 2 x 3 similarity matrix mapping frame pixels to crop pixels; `qp`: the median
     H.264 quantiser of the frame's blocks under the face (None when the frame has no QP map); `noise`: the
     camera's noise sigma when the frame was decoded (the Frame's); `fused`: how many frames of the track
-    the crop is the mean of (pipeline.fuse; 1: this frame's alone)."""
+    the crop is the mean of (pipeline.fuse; 1: this frame's alone), `fused_noise`: the noise sigma left in
+    such a mean (None: not fused)."""
 
     track_id: int
     frame_index: int
@@ -124,11 +125,12 @@ class AlignedFace:
     qp: float | None = None
     noise: float | None = None
     fused: int = 1
+    fused_noise: float | None = None
 
     @property
     def crop_noise(self) -> float | None:
-        """The noise sigma left in the crop: the camera's, over sqrt(frames) for the mean of `fused` frames."""
-        return None if self.noise is None else self.noise / self.fused ** 0.5
+        """The noise sigma left in the crop: the camera's, or what is left of it in a mean of frames."""
+        return self.noise if self.fused_noise is None else self.fused_noise
 
 
 @dataclass

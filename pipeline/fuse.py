@@ -3,10 +3,12 @@
 A camera's noise is new in every frame, a face is not: the mean of n crops of one face, registered onto
 each other, keeps the face and has 1/sqrt(n) of the noise. The model, which sharpens noise into false
 detail, can then be given more of its strength (`pipeline.enhance.strength_for` reads the noise left in the
-fused face). Measured on the identity benchmark's noisy camera (noise 8 + JPEG 50, 16 px faces, tuning pairs):
-dlib's accuracy over bicubic of one frame, SR of one frame +2.3 points, SR of the mean of 8 frames of a still
-scene +8.1 (models/weights/README.md, "Fusing a track's frames"). Only noisy cameras: on a clean one the
-mean would add the registration's blur and nothing else.
+fused face). On the identity benchmark's noisy camera (noise 8 + JPEG 50), dlib's accuracy with the default
+weights: 8 frames of a still scene, perfectly registered, at 16 px +2.3 points over bicubic of one frame for SR
+of one frame, +8.1 for SR of their mean (the upper bound); with this stage on a track of a person moving a
+little (`benchmarks/identity.py --track-frames 8`) 78.7 % -> 84.8 % at 24 px, 63.3 % -> 64.0 % at 16 px
+(models/weights/README.md, "Fusing a track's frames"). Only noisy cameras: on a clean one the mean would add
+the registration's blur and nothing else.
 
 Every crop of a track has the aligner's canonical framing at its own native size, so an earlier crop
 is resized to the new one's size and then shifted onto it (`register`: ECC, translation, sub-pixel; the

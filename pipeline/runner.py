@@ -66,10 +66,10 @@ from pipeline.config import PipelineConfig
 from pipeline.detect import MTCNNDetector
 from pipeline.enhance import Enhancer
 from pipeline.errors import ConfigError, SourceError
+from pipeline.fuse import TemporalFusion
 from pipeline.metrics import CameraState, CameraStats, Latencies, StageTimer
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.run_folder import DEMO_CLIP, RunFolder
-from pipeline.fuse import TemporalFusion
 from pipeline.select import Selector
 from pipeline.sinks import DiskSink, write_summary
 from pipeline.source import open_source

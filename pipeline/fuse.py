@@ -66,13 +66,14 @@ MAX_SHIFT = 0.15  # of the crop's side: an earlier crop further off than this is
 MERGE_TOLERANCE = 3.0
 
 
-def _luma(crop: np.ndarray) -> np.ndarray:
+def luma(crop: np.ndarray) -> np.ndarray:
+    """Float BT.601 luma of a BGR crop (0-255)."""
     return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
 
 
 def _gray(crop: np.ndarray) -> np.ndarray:
     """Float luma, smoothed a little so the noise does not steer the registration and the correlation."""
-    return cv2.GaussianBlur(_luma(crop), (0, 0), 0.8)
+    return cv2.GaussianBlur(luma(crop), (0, 0), 0.8)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -115,23 +116,23 @@ def register(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, flo
     return out, correlation(ref, shifted)
 
 
-def merge_weights(reference: np.ndarray, crop: np.ndarray, noise: float) -> np.ndarray:
-    """Per pixel, how much a registered earlier `crop` may count in the mean: ~1 where it differs from
-    `reference` by what the camera's `noise` explains, ~0 where the face itself changed (a mouth that moved, a
+def merge_weights(difference: np.ndarray, noise: float) -> np.ndarray:
+    """Per pixel, how much a registered earlier crop may count in the mean, from its luma `difference` to the
+    new crop: ~1 where the camera's `noise` explains it, ~0 where the face itself changed (a mouth that moved, a
     blink), so those parts keep the new frame's pixels instead of a ghost of both. The difference is smoothed
     first (3 x 3-ish Gaussian): noise averages out there, a change of the face does not."""
-    diff = cv2.GaussianBlur(np.abs(_luma(crop) - _luma(reference)), (0, 0), 1.0)
+    diff = cv2.GaussianBlur(np.abs(difference), (0, 0), 1.0)
     scale = MERGE_TOLERANCE * max(noise, 1.0)
     return 1.0 / (1.0 + (diff / scale) ** 4)
 
 
-def independence(reference: np.ndarray, crop: np.ndarray, noise: float) -> float:
-    """How new a look at the noise a registered earlier `crop` is: 1 when its noise is independent of
-    `reference`'s (an uncompressed, JPEG or intra-coded frame), towards 0 when it is the same noise (an H.264
-    inter frame copies a still block from its reference, noise and all). Their difference spreads by sqrt(2)
-    x the camera's noise when independent (robust spread: MAD, so edges and a moved mouth weigh little)."""
-    d = _luma(crop) - _luma(reference)
-    spread = 1.4826 * float(np.median(np.abs(d - np.median(d))))
+def independence(difference: np.ndarray, noise: float) -> float:
+    """How new a look at the noise a registered earlier crop is, from its luma `difference` to the new crop:
+    1 when its noise is independent of the new crop's (an uncompressed, JPEG or intra-coded frame), towards 0
+    when it is the same noise (an H.264 inter frame copies a still block from its reference, noise and all).
+    The difference spreads by sqrt(2) x the camera's noise when independent (robust spread: MAD, so edges and
+    a moved mouth weigh little)."""
+    spread = 1.4826 * float(np.median(np.abs(difference - np.median(difference))))
     return min(1.0, (spread / (np.sqrt(2.0) * max(noise, 1e-6))) ** 2)
 
 
@@ -143,15 +144,17 @@ def fuse_crops(reference: np.ndarray, earlier: Sequence[np.ndarray], min_correla
     weight and its `independence`: averaging copies of the same noise removes none of it."""
     total = reference.astype(np.float32)
     weight = np.ones(reference.shape[:2], np.float32)
+    ref_luma = luma(reference)
     n, looks = 1, 1.0
     for crop in earlier:
         reg = register(reference, crop)
         if reg is not None and reg[1] >= min_correlation:
-            w = merge_weights(reference, reg[0], noise)
+            difference = luma(reg[0]) - ref_luma  # one per crop: the weights and the independence both read it
+            w = merge_weights(difference, noise)
             total += w[..., None] * reg[0]
             weight += w
             n += 1
-            looks += float(w.mean()) * independence(reference, reg[0], noise)
+            looks += float(w.mean()) * independence(difference, noise)
     if n == 1:
         return reference, 1, noise
     return np.clip(np.rint(total / weight[..., None]), 0, 255).astype(np.uint8), n, noise / looks ** 0.5

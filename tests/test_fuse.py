@@ -11,7 +11,7 @@ from skimage import data as skdata
 from pipeline.config import load_config
 from pipeline.enhance import Enhancer, EnhancerConfig
 from pipeline.errors import ConfigError
-from pipeline.fuse import FuseConfig, TemporalFusion, correlation, fuse_crops, merge_weights, register
+from pipeline.fuse import FuseConfig, TemporalFusion, correlation, fuse_crops, luma, merge_weights, register
 from pipeline.records import AlignedFace, Detection, EnhancedFace
 from pipeline.run_folder import FaceRecord, validate_record
 from pipeline.runner import Runner
@@ -100,7 +100,7 @@ def test_a_part_of_the_face_that_changed_keeps_the_new_frames_pixels():
     after = before.copy()
     after[20:28, 10:22] = 255 - after[20:28, 10:22]  # the lower face changed
     crops = [noisy(before, 6.0, rng) for _ in range(7)] + [noisy(after, 6.0, rng)]
-    w = merge_weights(crops[-1], crops[0], 6.0)
+    w = merge_weights(luma(crops[0]) - luma(crops[-1]), 6.0)
     assert w[4:14, 4:28].mean() > 0.8 and w[21:27, 12:20].max() < 0.1
     fused, n, _ = fuse_crops(crops[-1], crops[:-1], 0.5, 6.0)
     assert n == 8

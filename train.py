@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="run folder (default runs/NAME)")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/last.safetensors")
     ap.add_argument("--steps", type=int, help="total steps (overrides train.steps; the decay point scales)")
+    ap.add_argument("--max-minutes", type=float, help="stop (saved, resumable) after this long (overrides "
+                    "train.max_minutes)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return cli.run(lambda: run(args))
@@ -178,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
         if args.steps < 1:
             raise UserError(f"--steps must be >= 1, got {args.steps}")
         cfg.train.steps = args.steps
+    if args.max_minutes is not None:
+        if args.max_minutes <= 0:
+            raise UserError(f"--max-minutes must be > 0, got {args.max_minutes}")
+        cfg.train.max_minutes = args.max_minutes
     out = args.out or ROOT / "runs" / cfg.name
     with logging_redirect_tqdm():
         summary = train(cfg, out, resume=args.resume)

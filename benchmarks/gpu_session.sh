@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # One GPU lease (issue 13), as the device tool's calls of at most 10 minutes each, from the repository root.
-# Build what travels first, here: `make gpu-pack` (.gpu/, ignored by git). Then, e.g.:
+# Build what travels first, here: `make gpu-pack` (.gpu/, ignored by git). A machine goes back 30 s after a call,
+# and each start costs a minute or more of the lease, so one call runs several stages in order, e.g.:
 #
-#   run(command="bash benchmarks/gpu_session.sh check", carry=[".gpu/wheels"])
+#   run(command="MAX_MINUTES=6 bash benchmarks/gpu_session.sh check train", carry=[".gpu/wheels", ".gpu/data"])
+#   run(command="STEPS=N MAX_MINUTES=8.5 bash benchmarks/gpu_session.sh train", carry=[".gpu/wheels", ".gpu/data"])
 #   run(command="bash benchmarks/gpu_session.sh pipeline", carry=[".gpu/wheels", ".gpu/av", ".gpu/clips"])
-#   run(command="bash benchmarks/gpu_session.sh train", carry=[".gpu/wheels", ".gpu/data"])   # again: --resume
 #
 # check     nvidia-smi, the CUDA tests (tests/test_cuda.py), sr_speed at 28 -> 112 px (batch 1/32/128/512, fp32
-#           and bf16, against bicubic on the same GPU) and a 300-step training probe (its s/step sets --steps)
+#           and bf16, the shipped weights and the full-size model, against bicubic on the same GPU)
 # pipeline  pipeline_speed on the carried clips (default and cctv presets) and multicam with 1, 4 and 8 file cameras
-# train     configs/train/paper_gpu.yaml for train.max_minutes, resumed from runs/paper_gpu (kept by a warm machine)
-#           or from .gpu/resume (last.safetensors + last.optim.safetensors carried back from an earlier $OUT);
-#           STEPS (environment) overrides the config's steps: keep it the same for every resume
+# train     configs/train/paper_gpu.yaml for MAX_MINUTES (default: the config's), resumed from runs/paper_gpu (kept
+#           by a warm machine) or from .gpu/resume (last.safetensors + last.optim.safetensors carried back from an
+#           earlier $OUT). STEPS (environment) overrides the config's steps. The total can be set once the first
+#           run's log.jsonl gives the step rate: changing it on a resume is exact while both totals' decay points
+#           (half) lie ahead
 #
-# Everything worth keeping lands in $OUT (at most 8 files come back), or out/gpu when $OUT is unset.
+# Everything worth keeping lands in $OUT, or out/gpu when $OUT is unset: at most 8 files come back, so the check and
+# pipeline stages each leave one tar (check.tar, pipeline.tar) and train leaves its 5 files.
 set -euo pipefail
-stage=${1:-}
-case $stage in check | pipeline | train) ;; *)
-    echo "usage: benchmarks/gpu_session.sh check|pipeline|train (got '$stage')" >&2
-    exit 2
-    ;;
-esac
+for stage in "${@:-}"; do
+    case $stage in check | pipeline | train) ;; *)
+        echo "usage: benchmarks/gpu_session.sh check|pipeline|train ... (got '$stage')" >&2
+        exit 2
+        ;;
+    esac
+done
 OUT=${OUT:-out/gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD
@@ -29,26 +34,30 @@ py=${PY:-python3}  # the GPU image's Python, which holds CUDA PyTorch (never ins
 # the GPU image lacks these (MTCNN's weights ship in facenet-pytorch's wheel; filterpy: the tracker; av: PyAV)
 $py -m pip install --quiet --no-deps --no-index .gpu/wheels/*.whl $(ls .gpu/av/*.whl 2>/dev/null || true)
 
-case $stage in
+for stage in "$@"; do case $stage in
 check)
+    res=$(mktemp -d)
     {
         nvidia-smi
         $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-        $py -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 || echo "test_cuda: FAILED (exit $?)"
-        $py train.py --config configs/train/paper_gpu.yaml --out /tmp/probe --steps 300 2>&1 | tail -5 || echo "probe: FAILED"
-    } >"$OUT/check.txt" 2>&1
+        $py -m pytest -v -p no:cacheprovider tests/test_cuda.py 2>&1 || echo "test_cuda: FAILED (exit $?)"
+    } >"$res/check.txt" 2>&1
     for amp in fp32 bf16; do
         flag=$([ $amp = bf16 ] && echo "--amp bf16" || true)
         $py -m benchmarks.sr_speed --device cuda --lr 28 --out 112 --batch 1 32 128 512 --methods fast bicubic \
-            --repeats 10 $flag --json "$OUT/sr_speed_$amp.json" --plot "$OUT/sr_speed_$amp.png" >>"$OUT/check.txt" 2>&1
+            --weights models/weights/arasfsr_paper.safetensors models/weights/arasfsr_lm.safetensors \
+            config:configs/model/arasfsr_edsr.yaml --repeats 10 $flag --json "$res/sr_speed_$amp.json" --plot "$res/sr_speed_$amp.png" >>"$res/check.txt" 2>&1 || echo "sr_speed $amp: exit $?" >>"$res/check.txt"
     done
+    tar -cf "$OUT/check.tar" -C "$res" .
     ;;
 pipeline)
+    res=$(mktemp -d)
     $py -m benchmarks.pipeline_speed --presets default cctv --clips .gpu/clips/*.mp4 --frames 300 --note "$(nvidia-smi -L | head -1)" \
-        --json "$OUT/pipeline_speed.json" --plot "$OUT/pipeline_speed.png" >"$OUT/pipeline.txt" 2>&1
+        --json "$res/pipeline_speed.json" --plot "$res/pipeline_speed.png" >"$res/pipeline.txt" 2>&1 || echo "pipeline_speed: exit $?" >>"$res/pipeline.txt"
     $py -m benchmarks.multicam --cameras 1 4 8 --sources file --clip .gpu/clips/arcade_1080p_multiface.mp4 \
-        --frames 150 --note "$(nvidia-smi -L | head -1)" --json "$OUT/multicam.json" --plot "$OUT/multicam.png" \
-        >>"$OUT/pipeline.txt" 2>&1
+        --frames 150 --note "$(nvidia-smi -L | head -1)" --json "$res/multicam.json" --plot "$res/multicam.png" \
+        >>"$res/pipeline.txt" 2>&1 || echo "multicam: exit $?" >>"$res/pipeline.txt"
+    tar -cf "$OUT/pipeline.tar" -C "$res" .
     ;;
 train)
     run=runs/paper_gpu
@@ -57,9 +66,9 @@ train)
     fi
     resume=$([ -f $run/last.optim.safetensors ] && echo --resume || true)
     $py train.py --config configs/train/paper_gpu.yaml --out $run $resume ${STEPS:+--steps $STEPS} \
-        >"$OUT/train.txt" 2>&1 || echo "train: exit $?" >>"$OUT/train.txt"
+        ${MAX_MINUTES:+--max-minutes $MAX_MINUTES} >"$OUT/train.txt" 2>&1 || echo "train: exit $?" >>"$OUT/train.txt"
     cp $run/last.safetensors $run/last.optim.safetensors $run/log.jsonl "$OUT/" 2>/dev/null || true
     [ -f $run/best.safetensors ] && cp $run/best.safetensors "$OUT/"
     ;;
-esac
+esac; done
 ls -la "$OUT"

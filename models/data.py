@@ -440,12 +440,19 @@ class PairSampler:
 
 
 class PairStream(IterableDataset):
-    """Batches for steps [start, stop) for a DataLoader(batch_size=None, num_workers=0 or 1)."""
+    """Batches for steps [start, stop) for a DataLoader(batch_size=None, num_workers=any).
+
+    With W workers, worker k makes steps start + k, start + k + W, ...: the DataLoader takes one batch from each
+    worker in turn, so the batches arrive in step order and equal those of one process (each is a function of
+    its step alone), which keeps --resume exact whatever the worker count.
+    """
 
     def __init__(self, sampler: PairSampler, start: int, stop: int):
         super().__init__()
         self.sampler, self.start, self.stop = sampler, start, stop
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for step in range(self.start, self.stop):
+        worker = torch.utils.data.get_worker_info()
+        first, stride = (worker.id, worker.num_workers) if worker else (0, 1)
+        for step in range(self.start + first, self.stop, stride):
             yield self.sampler.batch(step)

@@ -62,7 +62,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     threads: int = setting(0, lo=0)  # torch CPU threads (0: torch's default)
-    workers: int = setting(0, lo=0, hi=1)  # DataLoader workers (the pair stream supports 0 or 1)
+    workers: int = setting(0, lo=0, hi=32)  # DataLoader workers making batches (any count gives the same batches)
     log_every: int = setting(50, lo=1)
     save_every: int = setting(500, lo=1)
     max_minutes: float = setting(0.0, lo=0.0)  # > 0: stop (after saving; --resume continues) when this run takes longer

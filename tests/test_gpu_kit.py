@@ -24,4 +24,4 @@ def test_the_session_script_parses_and_refuses_an_unknown_stage():
     assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
     res = subprocess.run(["bash", str(SCRIPT), "tarin"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2
-    assert res.stderr.strip() == "usage: benchmarks/gpu_session.sh check|pipeline|train (got 'tarin')"
+    assert res.stderr.strip() == "usage: benchmarks/gpu_session.sh check|pipeline|train ... (got 'tarin')"

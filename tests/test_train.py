@@ -12,8 +12,8 @@ from skimage.data import astronaut
 import train
 from common.errors import ConfigError, UserError
 from models import load_model
-from models.data import (Degradation, FaceSet, FrameDegradation, PairConfig, PairSampler, hr_target, make_lr,
-                         photo_mask, resize, split_for, write_prepared)
+from models.data import (Degradation, FaceSet, FrameDegradation, PairConfig, PairSampler, PairStream, hr_target,
+                         make_lr, photo_mask, resize, split_for, write_prepared)
 from models.train_config import load_train_config, repo_path
 
 TINY_MODEL = {"name": "tiny", "encoder": {"name": "edsr", "n_resblocks": 2, "n_feats": 16},
@@ -66,6 +66,16 @@ def test_pairs_are_deterministic_and_queries_match_the_hr_target(prepared):
     # every query is a pixel centre of the HR grid: (y, x) = -1 + (2 i + 1) / H
     idx = (a["coord"] + 1) * hr_size / 2 - 0.5
     assert torch.allclose(idx, idx.round(), atol=1e-4)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_pair_stream_gives_the_same_batches_in_step_order_with_several_workers(prepared, workers):
+    sampler = PairSampler(FaceSet.load(prepared, "train"), PairConfig(lr=(12, 16), hr=(24, 32), queries=16,
+                                                                      batch_size=2), seed=5)
+    one = list(torch.utils.data.DataLoader(PairStream(sampler, 3, 10), batch_size=None, num_workers=0))
+    many = list(torch.utils.data.DataLoader(PairStream(sampler, 3, 10), batch_size=None, num_workers=workers))
+    assert len(many) == len(one) == 7
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(one, many) for k in a)
 
 
 def test_queries_stay_inside_the_photo_mask():

@@ -47,6 +47,10 @@ MIN_INPUT = 8  # smallest LR side the encoders and the 3x3 unfolding are meant f
 GRID_CACHE_SIZE = 64  # output grids x LR sizes kept by `upscale` (~1-3 MB each at 112-160 px)
 DEFAULT_MAX_QUERIES = 4096  # queries decoded at once in upscale(): bounds memory, and chunks that stay in
 # the CPU caches decode faster (28 -> 112, batch 32: ~1.3x faster than 16384 on this 2-core CPU, both decoders)
+# On CUDA a chunk is ~20 kernel launches of ~10 us of CPU each: 4096 queries over 128 faces is 32 pixels a face a
+# chunk, and an H100 decoded 390 faces/s, launch-bound (28 -> 112, fp32; bf16 no faster). 2^17: 1,540 fp32 and
+# 2,690 bf16 faces/s at batch 128, peak 1.4 / 0.8 GB (2^18: +7 %, 2.5 GB). BENCHMARKS.md, "CUDA".
+CUDA_MAX_QUERIES = 2**17
 
 
 def make_coord(h: int, w: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -139,10 +143,12 @@ def fused_layer(layer: nn.Linear, s: torch.Tensor, g: torch.Tensor | None,
         out = torch.addmm(layer.bias, rows, layer.weight.t())
     else:
         out = torch.addmm(layer.bias, rows, layer.weight[:, width:].t())  # W_s s_i + b
-        out = out.addmm_((s * g).reshape(-1, width), layer.weight[:, :width].t())  # + W_m m_i
+        # + W_m m_i. In place, so autocast does not cast for it: under bf16/fp16 `out` is already in the low
+        # precision, and m_i and the fp32 weight half are brought to it here
+        out = out.addmm_((s * g).reshape(-1, width).to(out.dtype), layer.weight[:, :width].t().to(out.dtype))
     out = out.view(*s.shape[:-1], -1)
     if shift is not None:
-        out = out.add_(shift)
+        out = out.add_(shift.to(out.dtype))
     return out.relu_()
 
 
@@ -237,8 +243,18 @@ def local_ensemble(coord: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, t
     idx = torch.minimum(idx.clamp_min(0), torch.tensor([h - 1, w - 1], device=idx.device))
     centre = -1 + (2 * idx + 1) / size  # x_c of each chosen code
     rel = (query - centre) * size  # x_s - x_c, in LR pixels
-    area = (rel[..., 0] * rel[..., 1]).abs() + 1e-9
-    weights = area.flip(-2) / area.sum(dim=-2, keepdim=True)
+    # The area of the opposite rectangle, as the product of one weight per axis: on each axis a code is weighted
+    # by its partner's distance over the pair's span. Where the border clamp gives both members of a pair the
+    # same code exactly under the query (the last LR centre at odd integer scales: 16 -> 112 is x7) the span is
+    # 0, and the pair shares the axis evenly; LIIF's form, |rel_y rel_x| + 1e-9, then weighs all four codes
+    # alike, the other axis' blend lost, and a query a float ulp away (another device's rounding) gets the
+    # proper weights: a jump of up to ~0.15 along the last row and column.
+    far = rel.abs()
+    partner = far[..., [2, 3, 0, 1], :, 0], far[..., [1, 0, 3, 2], :, 1]  # codes: (-y,-x) (-y,+x) (+y,-x) (+y,+x)
+    weights = torch.ones_like(far[..., 0])
+    for axis, other in enumerate(partner):
+        span = far[..., axis] + other
+        weights = weights * torch.where(span > 0, other / span.clamp_min(1e-12), 0.5)
     return idx[..., 0] * w + idx[..., 1], rel, weights
 
 
@@ -293,7 +309,7 @@ class ARASFSR(nn.Module):
             )
         self.scale_conditioning = config["scale_conditioning"]
         self.skip = config["skip"]
-        self.max_queries = DEFAULT_MAX_QUERIES
+        self.max_queries = None  # the device's default
         self._grid_cache: OrderedDict[tuple, object] = OrderedDict()
         # Where `upscale` runs its encoder and per-chunk render: None is torch, else an object with this
         # model's `encode` and `_render` (models.onnx_runtime.OnnxRuntime). Dropped when the weights may change.
@@ -347,6 +363,15 @@ class ARASFSR(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def max_queries(self) -> int:
+        """Queries `upscale` decodes at once: the value set, or (None) the device's default."""
+        return self._max_queries or (CUDA_MAX_QUERIES if self.device.type == "cuda" else DEFAULT_MAX_QUERIES)
+
+    @max_queries.setter
+    def max_queries(self, value: int | None) -> None:
+        self._max_queries = value
+
     def upscale(self, lr: torch.Tensor | Sequence[torch.Tensor], size: tuple[int, int],
                 max_queries: int | None = None, amp: str | None = None) -> torch.Tensor:
         """Super-resolve `lr` to `size` = (H, W): a batch B x 3 x h x w, or a list of B images 3 x h_i x w_i
@@ -357,7 +382,7 @@ class ARASFSR(nn.Module):
         deterministic. All images are decoded in one pass over the shared output grid: each size group is
         encoded once, and what depends only on the grids (coordinates, the coordinate modulation, the
         ensemble's indices and weights) comes from a cache. Queries are decoded in chunks of at most
-        `max_queries` (default `self.max_queries`) so memory stays bounded; the result equals unchunked
+        `max_queries` (default `self.max_queries`: 4096 on a CPU, 2^17 on CUDA) so memory stays bounded; the result equals unchunked
         decoding, and `reference_upscale` (the per-image path of training) within float rounding.
         An image with H <= h and W <= w has nothing to super-resolve: it is down-sampled with antialiased
         area resampling instead of the implicit function.

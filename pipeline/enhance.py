@@ -38,7 +38,7 @@ class EnhancerConfig:
     output_size: int = setting(112, lo=8, hi=1024)
     device: str = "auto"
     batch_size: int = setting(32, lo=1)
-    max_queries: int = setting(4096, lo=1)
+    max_queries: int | None = setting(None, lo=1)  # None: the device's (4096 on a CPU, 2^17 on CUDA)
     amp: str | None = setting(None, choices=("bf16", "fp16"))
     threads: int = setting(0, lo=0, hi=256)  # CPU threads of the enhance thread (0: torch's default)
     # Where the model runs: onnxruntime is 2-4x torch's faces/s on a CPU (BENCHMARKS.md, "CPU runtimes");

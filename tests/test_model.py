@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from skimage.data import astronaut
 
 from common.errors import ConfigError
 from models import (CheckpointError, build_model, charbonnier, load_model, load_model_config, load_optimizer_state,
@@ -307,3 +308,52 @@ def test_optimizer_state_round_trips(tmp_path):
 def test_overriding_the_encoder_kind_replaces_its_section(tmp_path):
     cfg = load_model_config(ROOT / "configs/model/arasfsr_edsr.yaml", {"encoder": {"name": "rdn", "n_blocks": 2}})
     assert cfg["encoder"] == {"name": "rdn", "n_blocks": 2, "n_convs": 8, "growth": 64, "g0": 64}
+
+
+def test_ensemble_weights_are_the_opposite_areas_and_continuous_at_the_border_clamp():
+    from models.arasfsr import local_ensemble, make_coord
+
+    coord = torch.rand(2000, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    _, rel, weights = local_ensemble(coord, 16, 20)
+    area = (rel[..., 0] * rel[..., 1]).abs()
+    assert torch.allclose(weights, area.flip(-2) / area.sum(dim=-2, keepdim=True), atol=1e-6)  # eq. 4
+    assert torch.allclose(weights.sum(0), torch.ones(2000), atol=1e-6)
+
+    # 16 -> 112 is x7: the last output column lies exactly on the last LR centre, where the border clamp makes
+    # both codes of each x pair the same one. A float ulp's shift (another device's rounding) must not move the
+    # weight each LR code gets; LIIF's |rel_y rel_x| + 1e-9 moved it by up to 0.5 there.
+    def per_code(c):
+        index, _, w = local_ensemble(c, 16, 16)
+        return torch.zeros(c.shape[0], 256).scatter_add_(1, index.T, w.T)
+
+    grid = make_coord(112, 112)
+    for ulp in (1e-7, -1e-7):
+        assert (per_code(grid) - per_code(grid + ulp)).abs().max() < 1e-4
+
+
+def test_upscale_at_an_odd_integer_scale_does_not_jump_on_the_last_row_and_column(monkeypatch):
+    """What made CUDA's output differ from the CPU's by 0.15 at 16 -> 112 (first run of tests/test_cuda.py)."""
+    import models.arasfsr as arasfsr
+
+    model = load_model(ROOT / "models/weights/arasfsr_paper.safetensors")
+    lr = torch.from_numpy(np.ascontiguousarray(astronaut()[30:230:12, 130:330:12][:16, :16])).permute(2, 0, 1)
+    lr = lr.float().div(255)[None]
+    want = model.upscale(lr, (112, 112))
+    make_coord = arasfsr.make_coord
+    monkeypatch.setattr(arasfsr, "make_coord", lambda h, w, device=None: make_coord(h, w, device) + 1e-7)
+    model._grid_cache.clear()
+    assert (model.upscale(lr, (112, 112)) - want).abs().max() < 1e-4
+
+
+def test_fused_layer_runs_under_autocast():
+    """`upscale(amp="bf16")` on CUDA failed here (in-place addmm_ is not autocast): CPU autocast takes the same
+    route through addmm, so it is checked on every machine."""
+    from models.arasfsr import fused_layer
+
+    layer = torch.nn.Linear(16, 8)
+    s, g, shift = torch.rand(2, 5, 8), torch.rand(5, 8), torch.rand(2, 5, 8)
+    want = fused_layer(layer, s, g, shift)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused_layer(layer, s, g, shift)
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.05

@@ -44,7 +44,7 @@ check)
     } >"$res/check.txt" 2>&1
     for amp in fp32 bf16; do
         flag=$([ $amp = bf16 ] && echo "--amp bf16" || true)
-        $py -m benchmarks.sr_speed --device cuda --lr 28 --out 112 --batch 1 32 128 512 --methods fast bicubic \
+        $py -m benchmarks.sr_speed --device cuda --lr 28 --out 112 --batch 1 32 128 512 --methods fast bicubic bicubic_device \
             --weights models/weights/arasfsr_paper.safetensors models/weights/arasfsr_lm.safetensors \
             config:configs/model/arasfsr_edsr.yaml --repeats 10 $flag --json "$res/sr_speed_$amp.json" --plot "$res/sr_speed_$amp.png" >>"$res/check.txt" 2>&1 || echo "sr_speed $amp: exit $?" >>"$res/check.txt"
     done

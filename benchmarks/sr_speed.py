@@ -1,6 +1,7 @@
 """Super-resolution speed: faces/s and p50/p99 latency of the model's fast path (`ARASFSR.upscale`), its
 unoptimised reference path (`models.arasfsr.reference_upscale`) and the project's bicubic
-(`pipeline.enhance.bicubic`), measured in the same run, interleaved, for every weights / device / crop size /
+(`pipeline.enhance.bicubic`, per crop on the CPU, as the pipeline runs it; `bicubic_device`: torch's bicubic on
+the batch on the model's device, the floor on a GPU), measured in the same run, interleaved, for every weights / device / crop size /
 output size / batch; with the peak memory of each (RSS, sampled; on CUDA also the max allocated).
 
     python -m benchmarks.sr_speed [--weights PATH|config:YAML ...] [--lr 14 20 28 40 64] [--out 112 160] \
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from benchmarks.output import add_output_args, pyplot, run_benchmark, save_figure, write_json
 from common.errors import UserError
@@ -44,7 +46,7 @@ log = logging.getLogger("sr_speed")
 ROOT = Path(__file__).resolve().parents[1]
 LM_WEIGHTS = ROOT / "models/weights/arasfsr_lm.safetensors"
 LM_CONFIG = ROOT / "configs/model/arasfsr_lm_cpu.yaml"
-METHODS = ("fast", "reference", "bicubic")
+METHODS = ("fast", "reference", "bicubic", "bicubic_device")
 RUNTIMES = ("torch", "onnxruntime")
 QUICK = {"lr": [28], "out": [112], "batch": [1, 8], "repeats": 3, "device": ["cpu"]}
 
@@ -161,6 +163,10 @@ def method_calls(model: ARASFSR, lr: torch.Tensor, size: int, methods: list[str]
         "fast": {("fast" if name == "torch" else f"fast_{name}"): fast(rt) for name, rt in runtimes.items()},
         "reference": {"reference": lambda: reference_upscale(model, lr, (size, size))},
         "bicubic": {"bicubic": lambda: [bicubic(c, size) for c in crops]},
+        # torch's bicubic on the batch where the model runs: a speed floor on a GPU (issue 13: "against bicubic on
+        # the same GPU"); the product's bicubic is the CPU one above
+        "bicubic_device": {"bicubic_device": lambda: F.interpolate(lr, size=(size, size), mode="bicubic",
+                                                                     align_corners=False).clamp_(0, 1)},
     }
     return {name: call for m in methods for name, call in available[m].items()}
 
@@ -187,6 +193,7 @@ def ratios(row: dict) -> dict[str, float]:
     over torch (same cell, same run)."""
     out = {}
     for name, (a, b) in {"fast_over_reference": ("fast", "reference"), "fast_over_bicubic": ("fast", "bicubic"),
+                         "fast_over_bicubic_device": ("fast", "bicubic_device"),
                          "onnxruntime_over_torch": ("fast_onnxruntime", "fast")}.items():
         if a in row and b in row:
             out[name] = round(row[a]["faces_per_s"] / row[b]["faces_per_s"], 6)
@@ -204,6 +211,7 @@ def run(args: argparse.Namespace) -> dict:
     for spec in args.weights:
         for device in devices:
             label, model = load_weights(spec, device)
+            model.max_queries = args.max_queries  # None: the device's default
             runtimes = {name: runtime(name, model) for name in args.runtime if device.type == "cpu" or name == "torch"}
             for lr_px in args.lr:
                 for out_px in args.out:
@@ -216,7 +224,7 @@ def run(args: argparse.Namespace) -> dict:
     report = {"benchmark": "sr_speed", "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "repeats": args.repeats, "amp": args.amp, "runtimes": args.runtime, "load_note": args.note,
+              "repeats": args.repeats, "amp": args.amp, "max_queries": args.max_queries, "runtimes": args.runtime, "load_note": args.note,
               "cells": cells}
     print(markdown_table(report))
     write_json(report, args.json)
@@ -239,7 +247,7 @@ def runtime(name: str, model: ARASFSR):
 def markdown_table(report: dict) -> str:
     methods = list(dict.fromkeys(m for c in report["cells"] for m in c["methods"]))
     ratios = {"fast_over_reference": "fast / reference", "fast_over_bicubic": "fast / bicubic",
-              "onnxruntime_over_torch": "onnxruntime / torch"}
+              "fast_over_bicubic_device": "fast / bicubic_device", "onnxruntime_over_torch": "onnxruntime / torch"}
     ratios = {k: v for k, v in ratios.items() if any(k in c["ratios"] for c in report["cells"])}
     head = ["weights", "device", "crop", "batch"]
     head += [f"{m} faces/s (p50 / p99 ms)" for m in methods] + list(ratios.values())
@@ -293,6 +301,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--repeats", type=int, default=5, help="timed calls per method and cell")
     ap.add_argument("--amp", choices=("bf16", "fp16"), default=None, help="autocast of the fast path on CUDA")
+    ap.add_argument("--max-queries", type=int, default=None,
+                    help="queries decoded at once (default: the device's, ARASFSR.max_queries)")
     ap.add_argument("--runtime", nargs="+", choices=RUNTIMES, default=["torch"],
                     help="runtimes of the fast path (onnxruntime: CPU cells only)")
     ap.add_argument("--quick", action="store_true", help="28 -> 112 px, batch 1 and 8, 3 repeats, CPU only")
@@ -306,8 +316,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--lr values must be >= {MIN_INPUT} (the model's smallest input)")
     if min(args.out + args.batch) < 1:
         ap.error("--out and --batch values must be >= 1")
-    if args.repeats < 1 or args.threads < 0:
-        ap.error("--repeats must be >= 1 and --threads >= 0")
+    if args.repeats < 1 or args.threads < 0 or (args.max_queries is not None and args.max_queries < 1):
+        ap.error("--repeats and --max-queries must be >= 1 and --threads >= 0")
     return args
 
 

@@ -33,7 +33,7 @@ def test_report_schema_and_values(tiny_config: Path, tmp_path: Path, capsys) -> 
         (12, 16, 1, "cpu"), (12, 16, 3, "cpu")]  # no CUDA cell unless CUDA is there
     for cell in report["cells"]:
         assert cell["weights"] == "tiny (random)"
-        assert set(cell["methods"]) == {"fast", "reference", "bicubic"}
+        assert set(cell["methods"]) == {"fast", "reference", "bicubic", "bicubic_device"}
         for stats in cell["methods"].values():
             assert stats["calls"] == 2
             assert 0 < stats["p50_ms"] <= stats["p99_ms"]
@@ -57,10 +57,14 @@ def test_methods_subset_and_plot(tiny_config: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "speed.json", tmp_path / "speed.png"
     argv = ["--weights", f"config:{tiny_config}", "--lr", "12", "--out", "16", "--batch", "2", "--repeats", "1",
-            "--methods", "fast", "bicubic", "--json", str(out), "--plot", str(png)]
+            "--methods", "fast", "bicubic", "bicubic_device", "--max-queries", "7", "--json", str(out),
+            "--plot", str(png)]
     assert sr_speed.main(argv) == 0
-    cell, = json.loads(out.read_text())["cells"]
-    assert set(cell["methods"]) == {"fast", "bicubic"} and set(cell["ratios"]) == {"fast_over_bicubic"}
+    report = json.loads(out.read_text())
+    cell, = report["cells"]
+    assert report["max_queries"] == 7
+    assert set(cell["methods"]) == {"fast", "bicubic", "bicubic_device"}
+    assert set(cell["ratios"]) == {"fast_over_bicubic", "fast_over_bicubic_device"}
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CCTV = ROOT / "models/weights/arasfsr_cctv.safetensors"
 PAPER = ROOT / "models/weights/arasfsr_paper.safetensors"
 LM = ROOT / "models/weights/arasfsr_lm.safetensors"  # ARASFSR-LM, trained like PAPER
+FULL = ROOT / "models/weights/arasfsr_paper_full.safetensors"  # PAPER's recipe at the paper's size, on an H100
 PAPER_MIN_GAIN = 1.0  # dB; measured at step 6000: +1.79 at 16 px, +2.79 at 32 px
 
 
@@ -30,7 +31,7 @@ def astronaut_face():
     return np.ascontiguousarray(crop[..., ::-1])  # RGB
 
 
-@pytest.mark.parametrize("path", [CCTV, PAPER, LM], ids=["cctv", "paper", "lm"])
+@pytest.mark.parametrize("path", [CCTV, PAPER, LM, FULL], ids=["cctv", "paper", "lm", "full"])
 def test_weights_load_and_carry_their_config(path):
     meta = read_metadata(path)
     assert meta["config"]["encoder"]["name"] == "edsr" and meta["metadata"]["step"] > 0
@@ -60,7 +61,7 @@ def test_cctv_weights_beat_bicubic_on_a_degraded_astronaut(astronaut_face, lr_si
     assert gain > 0.5, f"ARASFSR gains only {gain:.2f} dB over bicubic at {lr_side} -> 128"
 
 
-@pytest.mark.parametrize("path", [PAPER, LM], ids=["paper", "lm"])
+@pytest.mark.parametrize("path", [PAPER, LM, FULL], ids=["paper", "lm", "full"])
 @pytest.mark.parametrize("lr_side", [16, 32])
 def test_paper_weights_beat_bicubic_on_a_bicubic_astronaut(astronaut_face, lr_side, path):
     """The paper protocol's degradation: antialiased bicubic down-sampling of the ground truth."""

@@ -1,8 +1,8 @@
 """Super-resolution speed: faces/s and p50/p99 latency of the model's fast path (`ARASFSR.upscale`), its
 unoptimised reference path (`models.arasfsr.reference_upscale`) and the project's bicubic
 (`pipeline.enhance.bicubic`, per crop on the CPU, as the pipeline runs it; `bicubic_device`: torch's bicubic on
-the batch on the model's device, the floor on a GPU), measured in the same run, interleaved, for every weights / device / crop size /
-output size / batch; with the peak memory of each (RSS, sampled; on CUDA also the max allocated).
+the batch on the model's device, the floor on a GPU), measured in the same run, interleaved, for every weights /
+device / crop size / output size / batch; with the peak memory of each (RSS, sampled; on CUDA also the max allocated).
 
     python -m benchmarks.sr_speed [--weights PATH|config:YAML ...] [--lr 14 20 28 40 64] [--out 112 160] \
         [--batch 1 8 32 128] [--device cpu cuda] [--threads N] [--repeats 5] [--quick] \
@@ -224,7 +224,8 @@ def run(args: argparse.Namespace) -> dict:
     report = {"benchmark": "sr_speed", "machine": platform.processor() or platform.machine(),
               "cpu_count": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-              "repeats": args.repeats, "amp": args.amp, "max_queries": args.max_queries, "runtimes": args.runtime, "load_note": args.note,
+              "repeats": args.repeats, "amp": args.amp, "max_queries": args.max_queries, "runtimes": args.runtime,
+              "load_note": args.note,
               "cells": cells}
     print(markdown_table(report))
     write_json(report, args.json)

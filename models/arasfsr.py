@@ -382,8 +382,9 @@ class ARASFSR(nn.Module):
         deterministic. All images are decoded in one pass over the shared output grid: each size group is
         encoded once, and what depends only on the grids (coordinates, the coordinate modulation, the
         ensemble's indices and weights) comes from a cache. Queries are decoded in chunks of at most
-        `max_queries` (default `self.max_queries`: 4096 on a CPU, 2^17 on CUDA) so memory stays bounded; the result equals unchunked
-        decoding, and `reference_upscale` (the per-image path of training) within float rounding.
+        `max_queries` (default `self.max_queries`: 4096 on a CPU, 2^17 on CUDA) so memory stays bounded; the
+        result equals unchunked decoding, and `reference_upscale` (the per-image path of training) within float
+        rounding.
         An image with H <= h and W <= w has nothing to super-resolve: it is down-sampled with antialiased
         area resampling instead of the implicit function.
         `amp` = "bf16" or "fp16" enables autocast on CUDA (ignored on the CPU, so with `runtime`, which is CPU-only);

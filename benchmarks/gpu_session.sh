@@ -9,7 +9,8 @@
 #
 # check     nvidia-smi, the CUDA tests (tests/test_cuda.py), sr_speed at 28 -> 112 px (batch 1/32/128/512, fp32
 #           and bf16, the shipped weights and the full-size model, against bicubic on the same GPU)
-# pipeline  pipeline_speed on the carried clips (default and cctv presets) and multicam with 1, 4 and 8 file cameras
+# pipeline  pipeline_speed on the carried clips (default and cctv presets) and multicam with 1, 4 and 8 file cameras,
+#           then 4 and 8 with 2 detecting threads (detect.workers) and detector batches of 16
 # train     configs/train/paper_gpu.yaml for MAX_MINUTES (default: the config's), resumed from runs/paper_gpu (kept
 #           by a warm machine) or from .gpu/resume (last.safetensors + last.optim.safetensors carried back from an
 #           earlier $OUT). STEPS (environment) overrides the config's steps. The total can be set once the first
@@ -57,6 +58,11 @@ pipeline)
     $py -m benchmarks.multicam --cameras 1 4 8 --sources file --clip .gpu/clips/arcade_1080p_multiface.mp4 \
         --frames 150 --note "$(nvidia-smi -L | head -1)" --json "$res/multicam.json" --plot "$res/multicam.png" \
         >>"$res/pipeline.txt" 2>&1 || echo "multicam: exit $?" >>"$res/pipeline.txt"
+    # The first lease: one process fell to 0.22x of separate processes at 8 cameras, its 16 detecting threads
+    # queueing launch-bound MTCNN calls on one interpreter. The same with 2 threads and bigger detector batches:
+    $py -m benchmarks.multicam --cameras 4 8 --sources file --clip .gpu/clips/arcade_1080p_multiface.mp4 \
+        --frames 150 --set detect.workers=2 --set detect.batch=16 --note "$(nvidia-smi -L | head -1); detect.workers=2" \
+        --json "$res/multicam_workers2.json" >>"$res/pipeline.txt" 2>&1 || echo "multicam workers 2: exit $?" >>"$res/pipeline.txt"
     tar -cf "$OUT/pipeline.tar" -C "$res" .
     ;;
 train)

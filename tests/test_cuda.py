@@ -27,6 +27,7 @@ from pipeline.enhance import Enhancer, EnhancerConfig
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models/weights/arasfsr_paper.safetensors"
+FULL = WEIGHTS.with_name("arasfsr_paper_full.safetensors")  # the paper-size model, trained on CUDA
 #: Autocast output against fp32, dB over the [0, 1] range (bf16 keeps 8 bits of mantissa).
 PSNR_AMP = {"bf16": 40.0, "fp16": 45.0}
 
@@ -41,9 +42,14 @@ def as_batch(images: list[np.ndarray], device) -> list[torch.Tensor]:
     return [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images]
 
 
-@pytest.fixture(scope="module")
-def models():
-    return load_model(WEIGHTS, "cpu"), load_model(WEIGHTS, "cuda")
+@pytest.fixture(scope="module", params=[WEIGHTS, FULL], ids=["default", "full"])
+def models(request):
+    return load_model(request.param, "cpu"), load_model(request.param, "cuda")
+
+
+def test_max_queries_is_the_devices(models):
+    cpu, gpu = models
+    assert (cpu.max_queries, gpu.max_queries) == (4096, 2**17)
 
 
 @pytest.mark.parametrize("size", [(112, 112), (160, 160)])

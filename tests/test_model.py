@@ -357,3 +357,12 @@ def test_fused_layer_runs_under_autocast():
         got = fused_layer(layer, s, g, shift)
     assert got.dtype == torch.bfloat16
     assert (got.float() - want).abs().max() < 0.05
+
+
+def test_max_queries_defaults_to_the_devices_and_can_be_set():
+    model = build_model(TINY)
+    assert model.max_queries == 4096  # the CPU's: cache-sized chunks (CUDA's, 2^17: tests/test_cuda.py)
+    model.max_queries = 100
+    assert model.max_queries == 100
+    model.max_queries = None
+    assert model.max_queries == 4096

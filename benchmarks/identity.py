@@ -309,8 +309,8 @@ def make_probe(photo_bgr: np.ndarray, box: Sequence[float], cell: Cell, detector
     `track_frames` > 1: the probe's frame is the last of a track of that many frames (the person moving a
     little, `track_motion`; each frame with its own noise and compression, detected and aligned on its own)
     and goes through the fuse stage (`fuse`: a pipeline.fuse.FuseConfig; None: its defaults) with the track's
-    earlier faces. The probe's own
-    frame is the one of track_frames 1 (same seed): the two protocols differ only in the earlier frames."""
+    earlier faces. The probe's own frame is the one of track_frames 1 (same seed): the two protocols differ
+    only in the earlier frames."""
     from pipeline.fuse import TemporalFusion
 
     small, expected = shrink_to_face_width(photo_bgr, box, cell.width)

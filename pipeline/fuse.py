@@ -71,9 +71,14 @@ def luma(crop: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY).astype(np.float32)
 
 
+def _smooth(gray: np.ndarray) -> np.ndarray:
+    """Float luma smoothed a little, so the noise does not steer the registration and the correlation."""
+    return cv2.GaussianBlur(gray, (0, 0), 0.8)
+
+
 def _gray(crop: np.ndarray) -> np.ndarray:
-    """Float luma, smoothed a little so the noise does not steer the registration and the correlation."""
-    return cv2.GaussianBlur(luma(crop), (0, 0), 0.8)
+    """`_smooth` luma of a BGR crop."""
+    return _smooth(luma(crop))
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -83,10 +88,12 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else 0.0
 
 
-def register(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, float] | None:
+def register(reference: np.ndarray, moving: np.ndarray,
+             ref_gray: np.ndarray | None = None) -> tuple[np.ndarray, float] | None:
     """`moving` (a crop of the same canonical framing, any size) resized to `reference`'s size and shifted
     onto it; returns it with its correlation to `reference` (smoothed luma), or None when the shift does
-    not converge or is implausibly large (more than MAX_SHIFT of the side).
+    not converge or is implausibly large (more than MAX_SHIFT of the side). `ref_gray`: `reference`'s
+    smoothed luma when the caller has it (one reference, many crops to register onto it).
 
     The shift is found on a resized copy (ECC, translation); the crop returned is then sampled from
     `moving` once, resize and shift in one bicubic warp: each resampling of a 16-24 px face blurs it."""
@@ -95,7 +102,7 @@ def register(reference: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, flo
         moving = cv2.resize(moving, (w, h), interpolation=cv2.INTER_AREA)
     sy, sx = h / moving.shape[0], w / moving.shape[1]
     resized = moving if (sy, sx) == (1.0, 1.0) else cv2.resize(moving, (w, h), interpolation=cv2.INTER_CUBIC)
-    ref = _gray(reference)
+    ref = _gray(reference) if ref_gray is None else ref_gray
     warp = np.eye(2, 3, dtype=np.float32)
     try:
         _, warp = cv2.findTransformECC(ref, _gray(resized), warp, cv2.MOTION_TRANSLATION, ECC_CRITERIA, None, 1)
@@ -145,9 +152,10 @@ def fuse_crops(reference: np.ndarray, earlier: Sequence[np.ndarray], min_correla
     total = reference.astype(np.float32)
     weight = np.ones(reference.shape[:2], np.float32)
     ref_luma = luma(reference)
+    ref_gray = _smooth(ref_luma)  # register's view of the reference, the same for every earlier crop
     n, looks = 1, 1.0
     for crop in earlier:
-        reg = register(reference, crop)
+        reg = register(reference, crop, ref_gray)
         if reg is not None and reg[1] >= min_correlation:
             difference = luma(reg[0]) - ref_luma  # one per crop: the weights and the independence both read it
             w = merge_weights(difference, noise)

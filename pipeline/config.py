@@ -38,6 +38,14 @@ class DetectSettings(DetectorConfig):
     # between full detections (every > 1): look for the tracked faces only around where the tracker expects
     # them (MTCNNDetector.detect_around), instead of only predicting their boxes
     roi: bool = False
+    # Detect only where the picture changed since the last frames (and around the live tracks' faces), with the
+    # whole frame every motion_full_every-th detection and when the change covers more than motion_max_area of
+    # it (pipeline.motion): a fixed camera's still scene is not searched again and again. motion_threshold: gray
+    # levels a pixel must change by (at least 3x the camera's measured noise sigma)
+    motion: bool = False
+    motion_threshold: float = setting(12.0, gt=0.0, hi=255.0)
+    motion_full_every: int = setting(25, lo=1)
+    motion_max_area: float = setting(0.5, gt=0.0, hi=1.0)
     threads: int = setting(0, lo=0, hi=256)  # torch CPU threads of the threads that detect, together (0: torch's default)
     # Many cameras: threads detecting at once, each on cameras of its own at a time (0: one per core, at most one
     # per camera). On a CPU, two threads of one torch thread each detect more frames per second than one thread

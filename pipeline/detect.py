@@ -584,6 +584,41 @@ class MTCNNDetector:
                        torch.zeros(len(scores), dtype=torch.long), 0.7, mode="min").numpy()
             return _detections(crop_boxes[keep], scores[keep], points[keep])
 
+    @torch.inference_mode()
+    def detect_regions(self, frame: np.ndarray, regions: np.ndarray) -> list[Detection]:
+        """Faces inside parts of one frame (M x 4 int xyxy in frame pixels that do not overlap, e.g.
+        pipeline.motion's merged regions), found as a full detection of the frame would find them (the same
+        scale and smallest face), at the cost of the parts' pixels. A face cut by a part's edge may be
+        missed (the caller pads the parts). Returns Detections in frame pixels, highest score first."""
+        with self._profiling(1):
+            image = self._as_bgr(frame, 0)
+            height, width = image.shape[:2]
+            size = self._detection_size(height, width)
+            scale = np.array([width / size[1], height / size[0]], np.float32)
+            if size != (height, width):
+                image = self._resize(image, size)
+            grid = np.asarray(regions, dtype=float).reshape(-1, 4) / np.tile(scale, 2)  # on the detection's grid
+            x0y0 = np.clip(np.floor(grid[:, :2]), 0, None).astype(int)
+            x1y1 = np.minimum(np.ceil(grid[:, 2:]), [size[1], size[0]]).astype(int)
+            by_size: dict[tuple[int, int], list[int]] = {}
+            for k, ((x0, y0), (x1, y1)) in enumerate(zip(x0y0, x1y1)):
+                if x1 > x0 and y1 > y0:
+                    by_size.setdefault((y1 - y0, x1 - x0), []).append(k)
+            parts = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))]
+            for members in by_size.values():
+                for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
+                    chunk = members[s : s + MAX_FRAMES_PER_BATCH]
+                    crops = np.stack([image[y0 : y1, x0 : x1] for (x0, y0), (x1, y1) in
+                                      zip(x0y0[chunk], x1y1[chunk])])
+                    for k, (boxes, scores, points) in zip(chunk, self._cascade(crops, self.config.min_face_size)):
+                        origin = x0y0[k].astype(np.float32)
+                        parts.append(((boxes + np.tile(origin, 2)) * np.tile(scale, 2), scores,
+                                      (points + origin) * scale))
+            boxes, scores, points = (np.concatenate(p) for p in zip(*parts))
+            keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores),
+                       torch.zeros(len(scores), dtype=torch.long), 0.7, mode="min").numpy()
+            return _detections(boxes[keep], scores[keep], points[keep])
+
     @contextmanager
     def _profiling(self, frames: int) -> Iterator[None]:
         """Adds a call's seconds to the profile: its stages' own (see _timed), the rest as "other"."""

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -63,11 +64,12 @@ from common.redact import mask_secrets
 from pipeline.align import Aligner
 from pipeline.cameras import Camera
 from pipeline.config import PipelineConfig
-from pipeline.detect import MTCNNDetector
+from pipeline.detect import ROI_PAD, MTCNNDetector
 from pipeline.enhance import Enhancer
 from pipeline.errors import ConfigError, SourceError
 from pipeline.fuse import TemporalFusion
 from pipeline.metrics import CameraState, CameraStats, Latencies, StageTimer
+from pipeline.motion import MOTION_PAD, MotionMask, grow, merge_regions
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.run_folder import DEMO_CLIP, RunFolder
 from pipeline.select import Selector
@@ -185,6 +187,8 @@ class CameraRun:
         self.fusion = TemporalFusion(self.config.fuse)
         self.selector = Selector(self.config.select)
         self.tracker = SortTracker(self.config.track)
+        self.motion = MotionMask(self.config.detect.motion_threshold) if self.config.detect.motion else None
+        self._since_full = self.config.detect.motion_full_every  # detections since the last whole frame
 
     @property
     def source_name(self) -> str:
@@ -280,14 +284,51 @@ class CameraRun:
     def detect_every(self) -> int:
         return 1 if self.photos else self.config.detect.every  # no photo is skipped
 
-    def process(self, frames: list[Frame], detections: dict[int, list]) -> list[AlignedFace | TrackEnd]:
+    def changed_parts(self, frame: Frame) -> np.ndarray | None:
+        """For a frame due for detection (in order, each once): with detect.motion, the boxes where the
+        picture changed (N x 4 xyxy, maybe none), to be searched with the tracks' faces (`process`); None when
+        the whole frame is to be detected: without detect.motion, photos, every motion_full_every-th detection
+        (the first included), and a change over more than motion_max_area of the frame (pipeline.motion)."""
+        if self.motion is None or self.photos:
+            return None
+        cfg = self.config.detect
+        changed = self.motion.update(frame.image, frame.noise)
+        height, width = frame.image.shape[:2]
+        regions = merge_regions(grow(changed, MOTION_PAD, self.min_region), height, width)
+        area = float(np.prod(regions[:, 2:] - regions[:, :2], axis=1).sum()) if len(regions) else 0.0
+        self._since_full += 1
+        if self._since_full >= cfg.motion_full_every or area > cfg.motion_max_area * height * width:
+            self._since_full = 0
+            return None
+        return changed
+
+    @property
+    def min_region(self) -> float:
+        """The smallest part of a frame searched (px): three of the smallest faces the detector finds."""
+        return 3.0 * self.config.detect.min_face_size
+
+    def detect_changed(self, frame: Frame, changed: np.ndarray) -> list:
+        """Detect `frame` where it changed (`changed_parts`) and where the live tracks' faces are expected."""
+        height, width = frame.image.shape[:2]
+        boxes = np.concatenate([grow(changed, MOTION_PAD, self.min_region),
+                                grow(self.tracker.expected_boxes(frame.index), ROI_PAD, self.min_region)])
+        return self.detector.detect_regions(frame.image, merge_regions(boxes, height, width))
+
+    def process(self, frames: list[Frame], detections: dict[int, list],
+                changed: dict[int, np.ndarray] | None = None) -> list[AlignedFace | TrackEnd]:
         """Track, align, fuse and select the faces of `frames` (in order), given the detections of those
-        frames that were detected; returns the faces to enhance and the track ends, tagged with the camera."""
+        frames that were detected and the changed parts of those to be detected there (`changed_parts`);
+        returns the faces to enhance and the track ends, tagged with the camera."""
         chosen: list[AlignedFace | TrackEnd] = []
         tracker, aligner, selector = self.tracker, self.aligner, self.selector
+        changed = changed or {}
         for frame in frames:
             dets = detections.get(frame.index)
-            if dets is None and self.config.detect.roi and tracker.num_tracks:
+            if dets is None and frame.index in changed:
+                t0 = time.perf_counter()
+                dets = self.detect_changed(frame, changed[frame.index])
+                self.timer.add("detect", time.perf_counter() - t0, 1)
+            elif dets is None and self.config.detect.roi and tracker.num_tracks:
                 t0 = time.perf_counter()
                 dets = self.detector.detect_around(frame.image, tracker.expected_boxes(frame.index))
                 self.timer.add("detect", time.perf_counter() - t0, 1)
@@ -417,7 +458,17 @@ def detect_and_process(batch: dict[CameraRun, list[Frame]], pacers: dict[int, Pa
     call, at most `most` frames); `timer`: the run's, which counts the calls whole (each camera's timer
     its share). Once `stop` is set no detector call starts: each camera's frames from the first one
     not detected are left. Shared by the runner and a camera worker (pipeline.cluster)."""
-    due = {cam: [f for f in frames if f.index % cam.detect_every == 0] for cam, frames in batch.items()}
+    due: dict[CameraRun, list[Frame]] = {}
+    changed: dict[CameraRun, dict[int, np.ndarray]] = defaultdict(dict)  # detected where they changed (motion)
+    for cam, frames in batch.items():
+        due[cam] = []
+        for f in frames:
+            if f.index % cam.detect_every == 0:
+                parts = cam.changed_parts(f)
+                if parts is None:
+                    due[cam].append(f)
+                else:
+                    changed[cam][f.index] = parts
     by_detector: dict[int, list[CameraRun]] = defaultdict(list)
     for cam in batch:
         by_detector[id(cam.detector)].append(cam)
@@ -439,7 +490,7 @@ def detect_and_process(batch: dict[CameraRun, list[Frame]], pacers: dict[int, Pa
         missing = [f.index for f in due[cam] if (cam.id, f.index) not in detections]
         if missing:  # stopped: the frames from the first one not detected are left
             frames = [f for f in frames if f.index < missing[0]]
-        chosen += cam.process(frames, {i: d for (c, i), d in detections.items() if c == cam.id})
+        chosen += cam.process(frames, {i: d for (c, i), d in detections.items() if c == cam.id}, changed[cam])
     return chosen
 
 

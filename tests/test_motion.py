@@ -1,0 +1,151 @@
+"""Detecting where the picture changed (detect.motion): the mask, the regions, the detector on them, a run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from pipeline.config import load_config
+from pipeline.demo import make_demo_clip
+from pipeline.detect import MTCNNDetector
+from pipeline.motion import MotionMask, grow, merge_regions
+from pipeline.runner import Runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def scene(rng: np.random.Generator, noise: float = 0.0, shape=(360, 640)) -> np.ndarray:
+    """A still scene (smooth gradients) with the camera's noise of sigma `noise`."""
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    still = np.stack([60 + 40 * xx / shape[1], 70 + 30 * yy / shape[0], 80 + 0 * xx], -1)
+    return (still + rng.normal(0, noise, still.shape)).clip(0, 255).astype(np.uint8)
+
+
+def test_a_still_scene_has_no_motion_and_a_moved_object_is_boxed():
+    rng = np.random.default_rng(0)
+    motion = MotionMask(threshold=12.0)
+    assert motion.update(scene(rng, 3.0)).shape == (0, 4)  # the first frame only sets the background
+    for _ in range(5):
+        assert motion.update(scene(rng, 3.0)).shape == (0, 4), "the noise of a still scene is no motion"
+    moved = scene(rng, 3.0)
+    moved[100:160, 300:340] = 230  # a 40 x 60 px object came in
+    [box] = motion.update(moved)
+    cell = 640 / 320  # the mask is 320 px wide: a cell is 2 frame px
+    assert np.allclose(box, [300, 100, 340, 160], atol=cell)
+
+
+def test_the_threshold_rises_with_the_cameras_noise():
+    """Noise of sigma 30 at full resolution is about 15 at the mask's half resolution: moved without the
+    camera's noise given, still with it (3 sigma, scaled to the mask)."""
+    frames = [scene(np.random.default_rng(k), 30.0) for k in range(3)]
+    blind, aware = MotionMask(threshold=12.0), MotionMask(threshold=12.0)
+    for f in frames[:2]:
+        blind.update(f)
+        aware.update(f, noise=30.0)
+    assert len(blind.update(frames[2])) > 0
+    assert aware.update(frames[2], noise=30.0).shape == (0, 4)
+
+
+def test_a_frame_of_another_size_starts_a_new_background():
+    rng = np.random.default_rng(1)
+    motion = MotionMask()
+    motion.update(scene(rng))
+    assert motion.update(scene(rng, shape=(240, 320))).shape == (0, 4)
+    assert motion.update(scene(rng, shape=(240, 320))).shape == (0, 4)
+
+
+def test_regions_are_padded_cut_to_the_frame_and_merged():
+    boxes = np.array([[10, 10, 30, 30], [25, 25, 60, 60], [500, 500, 510, 510], [580, 40, 590, 50]])
+    grown = grow(boxes, pad=0.25, min_side=24)
+    assert np.allclose(grown[0], [5, 5, 35, 35])  # 20 px box: 5 px on every side
+    assert np.allclose(grown[3], [573, 33, 597, 57])  # 10 px box: grown to 24 px about its centre
+    regions = merge_regions(grown, height=100, width=600)
+    # the first two overlap: one region around both; the third lies outside the frame; the fourth is cut
+    assert regions.tolist() == [[5, 5, 69, 69], [573, 33, 597, 57]]
+    assert merge_regions(np.zeros((0, 4)), 100, 600).shape == (0, 4)
+    # merging can make a region overlap another one it did not before: merged until none overlap
+    chain = merge_regions(np.array([[0, 0, 10, 10], [20, 0, 30, 10], [5, 5, 25, 8]]), 50, 50)
+    assert chain.tolist() == [[0, 0, 30, 10]]
+
+
+@pytest.fixture(scope="module")
+def detector():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield MTCNNDetector(device="cpu", min_face_size=20)
+    torch.set_num_threads(threads)
+
+
+def test_detecting_a_region_finds_the_face_the_full_frame_detection_finds(detector):
+    frame = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)  # 512 x 512, one face
+    [full] = detector.detect([frame])[0][:1]
+    region = merge_regions(grow(full.box[None], pad=0.5, min_side=60), *frame.shape[:2])
+    assert region[0, 2] - region[0, 0] < 0.5 * frame.shape[1]  # a small part of the frame
+    [found] = detector.detect_regions(frame, region)
+    # the same face; P-Net's windows lie on the part's grid, not the frame's: within 3 % of the face's size
+    side = full.box[2] - full.box[0]
+    assert np.allclose(found.box, full.box, atol=0.03 * side)
+    assert np.allclose(found.landmarks, full.landmarks, atol=0.03 * side)
+    assert found.score == pytest.approx(full.score, abs=0.01)
+    # a part of the frame without the face: nothing; no parts: nothing
+    assert detector.detect_regions(frame, np.array([[400, 400, 500, 500]])) == []
+    assert detector.detect_regions(frame, np.zeros((0, 4), int)) == []
+
+
+def test_regions_of_a_downscaled_frame_find_what_its_full_detection_finds():
+    """detect.max_side shrinks large frames before detection; the regions are searched on the same grid,
+    so they find the same faces (none smaller than a full detection would)."""
+    detector = MTCNNDetector(device="cpu", min_face_size=20, max_side=400)
+    frame = cv2.resize(cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (800, 800))
+    [full] = detector.detect([frame])[0][:1]
+    region = merge_regions(grow(full.box[None], pad=0.5, min_side=60), *frame.shape[:2])
+    [found] = detector.detect_regions(frame, region)
+    assert np.allclose(found.box, full.box, atol=0.03 * (full.box[2] - full.box[0]))
+
+
+@pytest.fixture(scope="module")
+def demo_clip(tmp_path_factory):
+    return make_demo_clip(tmp_path_factory.mktemp("clip") / "demo.mp4", n_frames=30)
+
+
+def test_a_run_with_motion_finds_the_same_face_for_less_detection(demo_clip, tmp_path):
+    """The demo clip: a face moving over a still background. With detect.motion the detector searches the
+    moving face's part of each frame (and the whole frame every 10th detection here): the same track and
+    about the same faces, for a fraction of P-Net's pixels."""
+    runs, pixels = {}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for motion in (False, True):
+            cfg = load_config(ROOT / "configs/default.yaml", [
+                f"detect.motion={str(motion).lower()}", "detect.motion_full_every=10", "detect.device=cpu",
+                "enhance.method=bicubic", "select.every_k=1", "runtime.progress=false", "output.report=false"])
+            runner = Runner(cfg, str(demo_clip), tmp_path / f"motion_{motion}")
+            runs[motion] = runner.run()
+            pixels[motion] = next(iter(runner.cameras.values())).detector.profile.pnet_pixels
+    finally:
+        torch.set_num_threads(threads)
+    plain, moving = runs[False], runs[True]
+    assert moving["tracks"] == plain["tracks"] == 1
+    assert moving["faces_written"] >= plain["faces_written"] - 1
+    assert moving["faces_detected"] >= plain["faces_detected"] - 1
+    assert pixels[True] < 0.6 * pixels[False]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("detect: {motion: maybe}", "detect.motion must be"),
+    ("detect: {motion_threshold: 0}", "detect.motion_threshold must be"),
+    ("detect: {motion_full_every: 0}", "detect.motion_full_every must be an integer >= 1"),
+    ("detect: {motion_max_area: 1.5}", "detect.motion_max_area must be"),
+])
+def test_motion_settings_are_checked(tmp_path, text, message):
+    from pipeline.errors import ConfigError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

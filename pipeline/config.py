@@ -39,9 +39,9 @@ class DetectSettings(DetectorConfig):
     # them (MTCNNDetector.detect_around), instead of only predicting their boxes
     roi: bool = False
     # Detect only where the picture changed since the last frames (and around the live tracks' faces), with the
-    # whole frame every motion_full_every-th detection and when the change covers more than motion_max_area of
-    # it (pipeline.motion): a fixed camera's still scene is not searched again and again. motion_threshold: gray
-    # levels a pixel must change by (at least 3x the camera's measured noise sigma)
+    # whole frame every motion_full_every-th detection and whenever searching the parts would cost more than
+    # motion_max_area of a whole detection (pipeline.motion): a fixed camera's still scene is not searched again
+    # and again. motion_threshold: gray levels a pixel must change by (at least 3x the camera's noise sigma)
     motion: bool = False
     motion_threshold: float = setting(12.0, gt=0.0, hi=255.0)
     motion_full_every: int = setting(25, lo=1)

@@ -49,18 +49,18 @@ def demo_frames(n_frames: int = 60, size: tuple[int, int] = (640, 360), face_fro
         yield cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
-def make_demo_clip(path: str | Path, n_frames: int = 60, fps: int = 15) -> Path:
-    """Write the demo clip (H.264 if this PyAV has it, else MPEG-4) and return its path."""
+def make_demo_clip(path: str | Path, n_frames: int = 60, fps: int = 15, size: tuple[int, int] = (640, 360)) -> Path:
+    """Write the demo clip (`size`: width, height; H.264 if this PyAV has it, else MPEG-4) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 640, 360, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = *size, "yuv420p"
         stream.time_base = Fraction(1, fps)
         if codec == "mpeg4":
             stream.bit_rate = 2_000_000
-        for frame in demo_frames(n_frames):
+        for frame in demo_frames(n_frames, size):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
                 container.mux(packet)
         for packet in stream.encode():

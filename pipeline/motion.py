@@ -5,8 +5,9 @@ pixels it searches (P-Net's pyramid over the whole frame). With `detect.motion`,
 is compared with a running background at low resolution; the detector then searches only the parts that
 changed (padded, so a head above a moving body is inside) and the parts where the live tracks' faces are
 expected (a face that stands still keeps its track), and the whole frame every `detect.motion_full_every`-th
-detection (a face that came in still, or was missed while it moved) and whenever the changed parts cover
-more than `detect.motion_max_area` of it (a pan, the lights, a camera shaking: many crops would cost more).
+detection (a face that came in still, or was missed while it moved) and whenever searching the parts would
+cost more than `detect.motion_max_area` of a whole detection (`worth_searching`: a pan, the lights, a shaking
+camera, many people).
 This is what NVR software does before running its detectors (Frigate's motion masks); measured on the
 shared clips in BENCHMARKS.md, "Detecting where the picture moved".
 
@@ -29,6 +30,10 @@ MASK_WIDTH = 320  # px: the background's width (a 1080p frame in cells of 6 px, 
 BACKGROUND_RATE = 0.5  # the share of each new frame in the background: what moved leaves it within ~3 frames
 MOTION_PAD = 0.25  # a changed part is searched with this many of its longer side around it (the head above a body)
 NOISE_FACTOR = 3.0  # a pixel moved when it changed by more than this many times the camera's noise sigma
+# What searching one part costs beyond its pixels, in pixels of the detection's grid: each part is its own P-Net
+# pyramid and R-/O-Net calls, ~6-8 ms on one CPU thread, what ~20,000 pixels of a whole frame cost
+# (BENCHMARKS.md, "Detecting where the picture moved").
+REGION_COST = 20_000
 
 
 class MotionMask:
@@ -110,3 +115,11 @@ def merge_regions(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
                 break
     out = np.array(regions, dtype=float).reshape(-1, 4)
     return np.concatenate([np.floor(out[:, :2]), np.ceil(out[:, 2:])], 1).astype(int)
+
+
+def worth_searching(regions: np.ndarray, height: int, width: int, scale: float, max_share: float) -> bool:
+    """Whether searching `regions` (M x 4 xyxy, merged) of an H x W frame costs less than `max_share` of
+    detecting the whole frame: their pixels and REGION_COST per region (`scale`: the detection's grid per frame
+    pixel, below 1 when detect.max_side shrinks the frame) against the frame's pixels."""
+    area = float(np.prod(regions[:, 2:] - regions[:, :2], axis=1).sum()) if len(regions) else 0.0
+    return area + len(regions) * REGION_COST / scale**2 <= max_share * height * width

@@ -69,7 +69,7 @@ from pipeline.enhance import Enhancer
 from pipeline.errors import ConfigError, SourceError
 from pipeline.fuse import TemporalFusion
 from pipeline.metrics import CameraState, CameraStats, Latencies, StageTimer
-from pipeline.motion import MOTION_PAD, MotionMask, grow, merge_regions
+from pipeline.motion import MOTION_PAD, MotionMask, grow, merge_regions, worth_searching
 from pipeline.records import AlignedFace, EnhancedFace, Frame, TrackEnd
 from pipeline.run_folder import DEMO_CLIP, RunFolder
 from pipeline.select import Selector
@@ -286,33 +286,32 @@ class CameraRun:
 
     def changed_parts(self, frame: Frame) -> np.ndarray | None:
         """For a frame due for detection (in order, each once): with detect.motion, the boxes where the
-        picture changed (N x 4 xyxy, maybe none), to be searched with the tracks' faces (`process`); None when
-        the whole frame is to be detected: without detect.motion, photos, every motion_full_every-th detection
-        (the first included), and a change over more than motion_max_area of the frame (pipeline.motion)."""
+        picture changed (N x 4 xyxy, maybe none), to be searched with the tracks' faces (`search_regions`);
+        None when the whole frame is to be detected: without detect.motion, photos, every motion_full_every-th
+        detection (the first included), and when searching the parts would cost more than motion_max_area of
+        a whole detection (pipeline.motion.worth_searching: a pan, the lights, many people).
+        The tracks' boxes counted are those expected before the frames detected with this one are tracked."""
         if self.motion is None or self.photos:
             return None
         cfg = self.config.detect
         changed = self.motion.update(frame.image, frame.noise)
         height, width = frame.image.shape[:2]
-        regions = merge_regions(grow(changed, MOTION_PAD, self.min_region), height, width)
-        area = float(np.prod(regions[:, 2:] - regions[:, :2], axis=1).sum()) if len(regions) else 0.0
+        scale = min(1.0, (cfg.max_side or max(height, width)) / max(height, width))
         self._since_full += 1
-        if self._since_full >= cfg.motion_full_every or area > cfg.motion_max_area * height * width:
+        if self._since_full >= cfg.motion_full_every or not worth_searching(
+                self.search_regions(frame, changed), height, width, scale, cfg.motion_max_area):
             self._since_full = 0
             return None
         return changed
 
-    @property
-    def min_region(self) -> float:
-        """The smallest part of a frame searched (px): three of the smallest faces the detector finds."""
-        return 3.0 * self.config.detect.min_face_size
-
-    def detect_changed(self, frame: Frame, changed: np.ndarray) -> list:
-        """Detect `frame` where it changed (`changed_parts`) and where the live tracks' faces are expected."""
+    def search_regions(self, frame: Frame, changed: np.ndarray) -> np.ndarray:
+        """The parts of `frame` to detect: where it changed (`changed_parts`) and where the live tracks' faces
+        are expected, padded and merged (pipeline.motion)."""
         height, width = frame.image.shape[:2]
-        boxes = np.concatenate([grow(changed, MOTION_PAD, self.min_region),
-                                grow(self.tracker.expected_boxes(frame.index), ROI_PAD, self.min_region)])
-        return self.detector.detect_regions(frame.image, merge_regions(boxes, height, width))
+        least = 3.0 * self.config.detect.min_face_size  # a part holds three of the smallest faces searched
+        boxes = np.concatenate([grow(changed, MOTION_PAD, least),
+                                grow(self.tracker.expected_boxes(frame.index), ROI_PAD, least)])
+        return merge_regions(boxes, height, width)
 
     def process(self, frames: list[Frame], detections: dict[int, list],
                 changed: dict[int, np.ndarray] | None = None) -> list[AlignedFace | TrackEnd]:
@@ -326,7 +325,7 @@ class CameraRun:
             dets = detections.get(frame.index)
             if dets is None and frame.index in changed:
                 t0 = time.perf_counter()
-                dets = self.detect_changed(frame, changed[frame.index])
+                dets = self.detector.detect_regions(frame.image, self.search_regions(frame, changed[frame.index]))
                 self.timer.add("detect", time.perf_counter() - t0, 1)
             elif dets is None and self.config.detect.roi and tracker.num_tracks:
                 t0 = time.perf_counter()

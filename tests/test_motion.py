@@ -12,7 +12,7 @@ from skimage import data
 from pipeline.config import load_config
 from pipeline.demo import make_demo_clip
 from pipeline.detect import MTCNNDetector
-from pipeline.motion import MotionMask, grow, merge_regions
+from pipeline.motion import REGION_COST, MotionMask, grow, merge_regions, worth_searching
 from pipeline.runner import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +70,21 @@ def test_regions_are_padded_cut_to_the_frame_and_merged():
     # merging can make a region overlap another one it did not before: merged until none overlap
     chain = merge_regions(np.array([[0, 0, 10, 10], [20, 0, 30, 10], [5, 5, 25, 8]]), 50, 50)
     assert chain.tolist() == [[0, 0, 30, 10]]
+
+
+def test_parts_are_searched_only_when_cheaper_than_the_whole_frame():
+    """Each part costs its pixels and REGION_COST more (its own pyramid); on a frame the detector shrinks
+    (scale < 1) that fixed cost is more of the frame's pixels."""
+    small = np.array([[0, 0, 40, 40]])
+    assert worth_searching(small, 720, 1280, 1.0, 0.5)
+    assert worth_searching(np.zeros((0, 4), int), 360, 640, 1.0, 0.5)  # nothing changed, no tracks
+    many = np.array([[x, 0, x + 40, 40] for x in range(0, 640, 50)])  # 13 parts of a 640 x 360 frame
+    assert 13 * 40 * 40 < 0.5 * 360 * 640 < 13 * (40 * 40 + REGION_COST)
+    assert not worth_searching(many, 360, 640, 1.0, 0.5)
+    big = np.array([[0, 0, 640, 200]])  # more than half of the frame
+    assert not worth_searching(big, 360, 640, 1.0, 0.5)
+    assert worth_searching(np.array([[0, 0, 100, 100]]), 200, 400, 1.0, 0.5)
+    assert not worth_searching(np.array([[0, 0, 100, 100]]), 200, 400, 0.5, 0.5)
 
 
 @pytest.fixture(scope="module")

@@ -64,6 +64,8 @@ COUNTERS = {
     "reconnects": "Times the source was reconnected.",
     "faces_detected": "Faces the detector found.",
     "faces_written": "Enhanced faces written to the output folder.",
+    "frames_detected_in_parts": "Frames detected only where the picture changed and around the tracked faces "
+                                "(detect.motion); the other frames processed were detected whole or predicted.",
 }
 
 
@@ -204,6 +206,7 @@ class CameraStats:
     state: CameraState
     timer: StageTimer
     noise: float | None = None  # the camera's noise sigma measured on its stream (common.noise); None: unknown
+    frames_detected_in_parts: int = 0
 
     def summary_fields(self) -> dict[str, Any]:
         """The camera's summary.json fields (those a scrape shows too); `queue_depth` and `state`

@@ -85,7 +85,7 @@ CALL_S = 0.5
 IDLE_WAIT_S = 0.5
 #: A multi-camera run's DIR/summary.json: these totals over the cameras, and these fields of each camera.
 OVERVIEW_TOTALS = ("frames_decoded", "frames_processed", "frames_dropped", "reconnects", "faces_detected",
-                   "faces_written", "tracks", "worker_restarts", "enhance_retries")
+                   "faces_written", "tracks", "worker_restarts", "enhance_retries", "frames_detected_in_parts")
 OVERVIEW_CAMERA = ("state", "source", "live", "error", *OVERVIEW_TOTALS, "fps", "noise_sigma")
 
 #: Why detected faces were not written (summary.json "faces_not_written"): each detection is counted once,
@@ -326,6 +326,7 @@ class CameraRun:
             if dets is None and frame.index in changed:
                 t0 = time.perf_counter()
                 dets = self.detector.detect_regions(frame.image, self.search_regions(frame, changed[frame.index]))
+                self.counts["frames_detected_in_parts"] += 1
                 self.timer.add("detect", time.perf_counter() - t0, 1)
             elif dets is None and self.config.detect.roi and tracker.num_tracks:
                 t0 = time.perf_counter()
@@ -439,7 +440,8 @@ class CameraRun:
             frames_decoded=src.stats.decoded if src else 0, frames_processed=self.counts["frames_processed"],
             frames_dropped=src.stats.dropped if src else 0, reconnects=src.stats.reconnects if src else 0,
             faces_detected=self.counts["faces_detected"], faces_written=self.counts["faces_written"],
-            queue_depth=src.queued if src else 0, state=state, timer=self.timer, noise=src.noise if src else None)
+            queue_depth=src.queued if src else 0, state=state, timer=self.timer, noise=src.noise if src else None,
+            frames_detected_in_parts=self.counts["frames_detected_in_parts"])
 
     def log_live(self) -> None:
         elapsed = time.perf_counter() - self.started

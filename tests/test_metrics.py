@@ -42,13 +42,13 @@ class LiveCamera:
 def cameras() -> list[LiveCamera]:
     door = LiveCamera("door", "rtsp://***@10.0.0.5/stream1", True,
                       dict(frames_decoded=120, frames_processed=110, frames_dropped=10, reconnects=2,
-                           faces_detected=37, faces_written=12), queue_depth=3, noise=4.567)
+                           faces_detected=37, faces_written=12, frames_detected_in_parts=90), queue_depth=3, noise=4.567)
     door.timer.add("detect", 0.4, 4)
     door.timer.add("detect", 0.02, 4)
     door.timer.add("enhance", 0.003, 8)
     lobby = LiveCamera("lobby", "lobby.mp4", False,
                        dict(frames_decoded=50, frames_processed=50, frames_dropped=0, reconnects=0,
-                            faces_detected=5, faces_written=4), state=CameraState.FINISHED)
+                            faces_detected=5, faces_written=4, frames_detected_in_parts=0), state=CameraState.FINISHED)
     lobby.timer.add("detect", 1.5, 4)
     return [door, lobby]
 

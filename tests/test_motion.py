@@ -149,6 +149,10 @@ def test_a_run_with_motion_finds_the_same_face_for_less_detection(demo_clip, tmp
     assert moving["faces_written"] >= plain["faces_written"] - 1
     assert moving["faces_detected"] >= plain["faces_detected"] - 1
     assert pixels[True] < 0.6 * pixels[False]
+    # every 10th detection whole (the first included); of the 27 others, those where the parts cost less than
+    # half a whole detection (not the first frames, with the face large) in parts: counted in summary.json
+    assert plain["frames_detected_in_parts"] == 0
+    assert 15 <= moving["frames_detected_in_parts"] <= 27
 
 
 @pytest.mark.parametrize("text,message", [

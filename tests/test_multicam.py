@@ -37,9 +37,10 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_example_cameras_file_loads_with_per_camera_settings():
-    lobby, door = load_cameras(ROOT / "configs/cameras.example.yaml")
+    lobby, door, gate = load_cameras(ROOT / "configs/cameras.example.yaml")
     preset = load_config(ROOT / "configs/cctv.yaml")
-    assert (lobby.id, door.id) == ("lobby", "door")
+    assert (lobby.id, door.id, gate.id) == ("lobby", "door", "gate")
+    assert preset.detect.motion and lobby.config.detect.motion and not gate.config.detect.motion  # a panning camera
     assert lobby.config.detect.min_face_size == 16 != preset.detect.min_face_size
     assert door.config.detect.min_face_size == preset.detect.min_face_size  # only lobby's changed
     assert door.config.select.best_n == 3 and lobby.config.select.best_n == preset.select.best_n

@@ -111,6 +111,23 @@ def test_detecting_a_region_finds_the_face_the_full_frame_detection_finds(detect
     assert detector.detect_regions(frame, np.zeros((0, 4), int)) == []
 
 
+def test_parts_of_different_sizes_find_each_face_once(detector):
+    """Two faces of different sizes, a part around each (one pyramid per part size): the faces a whole-frame
+    detection finds, each once; a third part overlapping the first one does not find the first face twice."""
+    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    frame = np.full((512, 1024, 3), 90, np.uint8)
+    frame[:, :512] = face
+    frame[256:, 640:896] = cv2.resize(face, (256, 256), interpolation=cv2.INTER_AREA)
+    full = detector.detect([frame])[0]
+    assert len(full) == 2
+    regions = merge_regions(grow(np.array([d.box for d in full]), pad=0.5, min_side=60), *frame.shape[:2])
+    found = detector.detect_regions(frame, np.concatenate([regions, [[250, 40, 300, 90]]]))
+    assert len(found) == 2
+    for want in full:  # a 42 px face: P-Net's windows 7 px apart, on the part's grid not the frame's
+        side = want.box[2] - want.box[0]
+        assert min(np.abs(f.box - want.box).max() for f in found) <= 0.06 * side
+
+
 def test_regions_of_a_downscaled_frame_find_what_its_full_detection_finds():
     """detect.max_side shrinks large frames before detection; the regions are searched on the same grid,
     so they find the same faces (none smaller than a full detection would)."""

@@ -21,6 +21,8 @@ from tests.test_pipeline_rtsp import records, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 LIVE = ("cam0", "cam1", "cam2", "cam3")
+MOVING = ("cam0", "cam2")  # detect where the picture moved (cam0 is the one that restarts)
+MOTION = ", detect: {motion: true, motion_full_every: 5}"
 
 
 def scrape(url: str) -> dict[tuple[str, str], float]:
@@ -39,7 +41,8 @@ def test_four_cameras_and_a_file_in_one_process_survive_a_camera_restart(rtsp_se
     dead = f"rtsp://admin:hunter2@127.0.0.1:{free_port()}/never"
     cameras = tmp_path / "cameras.yaml"
     cameras.write_text("cameras:\n"
-                       + "".join(f"  - {{id: {cam}, source: '{s.url}'}}\n" for cam, s in zip(LIVE, servers))
+                       + "".join(f"  - {{id: {cam}, source: '{s.url}'{MOTION if cam in MOVING else ''}}}\n"
+                                 for cam, s in zip(LIVE, servers))
                        + f"  - {{id: file, source: '{short}', detect: {{every: 1}}}}\n"
                        + f"  - {{id: dead, source: {{uri: '{dead}', first_frame_timeout: 3}}}}\n")
     out, port = tmp_path / "site", free_port()
@@ -109,5 +112,8 @@ def test_four_cameras_and_a_file_in_one_process_survive_a_camera_restart(rtsp_se
         # (source.queue_size) and the frames read for the detector call the stop cut short (detect.batch)
         assert own["frames_decoded"] - own["frames_processed"] - own["frames_dropped"] <= 4 + 4, cam
         assert own["reconnects"] == (own["reconnects"] if cam == "cam0" else 0)
+        # detect.motion, per camera: a moving camera detects in parts (every 5th detection whole), the others never
+        assert (own["frames_detected_in_parts"] > 0) is (cam in MOVING), cam
+        assert values[("facesr_frames_detected_in_parts_total", cam)] <= own["frames_detected_in_parts"]
     assert load_run(out / "cam0").summary["reconnects"] >= 1
     assert load_run(out / "file").summary["frames_processed"] == 24  # the file was read to its end

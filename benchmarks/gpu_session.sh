@@ -10,7 +10,8 @@
 # check     nvidia-smi, the CUDA tests (tests/test_cuda.py), sr_speed at 28 -> 112 px (batch 1/32/128/512, fp32
 #           and bf16, the shipped weights and the full-size model, against bicubic on the same GPU)
 # pipeline  pipeline_speed on the carried clips (default and cctv presets) and multicam with 1, 4 and 8 file cameras,
-#           then 4 and 8 with 2 detecting threads (detect.workers) and detector batches of 16
+#           then 4 and 8 with 2 detecting threads (detect.workers) and detector batches of 16, then the cctv preset
+#           with and without detect.motion
 # train     configs/train/paper_gpu.yaml for MAX_MINUTES (default: the config's), resumed from runs/paper_gpu (kept
 #           by a warm machine) or from .gpu/resume (last.safetensors + last.optim.safetensors carried back from an
 #           earlier $OUT). STEPS (environment) overrides the config's steps. The total can be set once the first
@@ -63,6 +64,14 @@ pipeline)
     $py -m benchmarks.multicam --cameras 4 8 --sources file --clip .gpu/clips/arcade_1080p_multiface.mp4 \
         --frames 150 --set detect.workers=2 --set detect.batch=16 --note "$(nvidia-smi -L | head -1); detect.workers=2" \
         --json "$res/multicam_workers2.json" >>"$res/pipeline.txt" 2>&1 || echo "multicam workers 2: exit $?" >>"$res/pipeline.txt"
+    # detect.motion (on in the cctv preset) on a GPU, where its fixed cost per part (measured on a CPU) is unknown:
+    # the preset with and without it, on a generated still 720p scene and the carried clips
+    clips=$(mktemp -d)
+    sed 's/^  motion: true$/  motion: false/' configs/cctv.yaml >"$clips/cctv_nomotion.yaml"
+    $py -c "from pipeline.demo import make_demo_clip as m; m('$clips/still_720p_one_face.mp4', 150, 15, (1280, 720))"
+    $py -m benchmarks.pipeline_speed --presets "$clips/cctv_nomotion.yaml" cctv --frames 300 \
+        --clips "$clips/still_720p_one_face.mp4" .gpu/clips/*.mp4 --note "$(nvidia-smi -L | head -1)" \
+        --json "$res/pipeline_motion.json" >>"$res/pipeline.txt" 2>&1 || echo "pipeline_speed motion: exit $?" >>"$res/pipeline.txt"
     tar -cf "$OUT/pipeline.tar" -C "$res" .
     ;;
 train)

@@ -54,8 +54,11 @@ def test_a_frame_of_another_size_starts_a_new_background():
     rng = np.random.default_rng(1)
     motion = MotionMask()
     motion.update(scene(rng))
+    assert motion.update(scene(rng, shape=(240, 320))).shape == (0, 4)  # the new size's first frame
     assert motion.update(scene(rng, shape=(240, 320))).shape == (0, 4)
-    assert motion.update(scene(rng, shape=(240, 320))).shape == (0, 4)
+    moved = scene(rng, shape=(240, 320))
+    moved[50:90, 100:130] = 230
+    assert np.allclose(motion.update(moved), [[100, 50, 130, 90]])  # compared with the new background
 
 
 def test_regions_are_padded_cut_to_the_frame_and_merged():

@@ -5,8 +5,8 @@ fields are its keys and whose defaults are the only defaults. `build(cls, mappin
 dataclasses do not allow, naming the key as the user writes it (dotted: `data.lr`, `enhance.method`):
 
   * a key that is not a field (listing the valid ones);
-  * a value not of the field's type (int, float, bool, str, tuple, dict, `X | None`, nested
-    dataclass; an int is accepted for a float, a list for a tuple);
+  * a value not of the field's type (int, float, bool, str, tuple, a tuple of tuples, dict, `X | None`,
+    nested dataclass; an int is accepted for a float, a list for a tuple);
   * a value outside the range its field declares with `setting(lo=, hi=, gt=, lt=, choices=)`;
   * whatever the dataclass's own `__post_init__` refuses (a ConfigError with `key=`).
 
@@ -204,6 +204,9 @@ def _convert(value: Any, hint: Any, field: dataclasses.Field, kind: str, key: st
     if dataclasses.is_dataclass(hint):
         return build(hint, value, kind, key)
     origin = typing.get_origin(hint) or hint
+    inner = typing.get_args(hint)[0] if origin is tuple and typing.get_args(hint) else None
+    if typing.get_origin(inner) is tuple and _CHECKS[tuple](value):  # a list of lists (e.g. boxes): each checked
+        return tuple(_convert(v, inner, field, kind, key) for v in value)
     if not _CHECKS.get(origin, lambda v: True)(value) or not _in_range(value, meta):
         raise ConfigError(f"must be {_describe(origin, meta)}{' or null' if nullable else ''}, got {_shown(value)}", key)
     if origin is dict and typing.get_args(hint):

@@ -46,12 +46,22 @@ class DetectSettings(DetectorConfig):
     motion_threshold: float = setting(12.0, gt=0.0, hi=255.0)
     motion_full_every: int = setting(25, lo=1)
     motion_max_area: float = setting(0.5, gt=0.0, hi=1.0)
+    # Parts of the frame whose changes are not motion, [x0, y0, x1, y1] as shares of its width and height: a
+    # burned-in clock, a screen, trees in the wind. Faces there are still found by the whole-frame detections
+    # and, once tracked, around their tracks.
+    motion_ignore: tuple[tuple[float, ...], ...] = setting((), lo=0.0, hi=1.0)
     threads: int = setting(0, lo=0, hi=256)  # torch CPU threads of the threads that detect, together (0: torch's default)
     # Many cameras: threads detecting at once, each on cameras of its own at a time (0: one per core, at most one
     # per camera). On a CPU, two threads of one torch thread each detect more frames per second than one thread
     # of two (MTCNN's small convolutions scale badly across cores, and each thread's tracking and alignment run
     # while the other detects). A camera's frames are always detected and tracked in order, by one thread at a time.
     workers: int = setting(0, lo=0, hi=64)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(len(b) != 4 or not (b[0] < b[2] and b[1] < b[3]) for b in self.motion_ignore):
+            raise ConfigError("must be a list of boxes [x0, y0, x1, y1] in shares of the frame (x0 < x1, y0 < y1), "
+                              f"got {[list(b) for b in self.motion_ignore]}", key="motion_ignore")
 
     def detector(self) -> DetectorConfig:
         names = {f.name for f in dataclasses.fields(DetectorConfig)}

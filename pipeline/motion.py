@@ -42,12 +42,15 @@ class MotionMask:
     The frame is shrunk to MASK_WIDTH px wide (area averaging, which also averages the noise away), in gray,
     and compared with the background: pixels that changed by more than `threshold` gray levels (or
     NOISE_FACTOR x the camera's noise sigma, if higher) are grouped into connected boxes (`changed_boxes`).
-    A frame of another size (the camera came back at another resolution) starts a new background."""
+    A frame of another size (the camera came back at another resolution) starts a new background. Changes
+    inside the `ignore` boxes ([x0, y0, x1, y1] in shares of the frame: a burned-in clock, a screen) are not
+    motion."""
 
-    def __init__(self, threshold: float = 12.0) -> None:
-        self.threshold = threshold
+    def __init__(self, threshold: float = 12.0, ignore: tuple[tuple[float, ...], ...] = ()) -> None:
+        self.threshold, self.ignore = threshold, ignore
         self.background: np.ndarray | None = None
         self._shape: tuple[int, ...] = ()
+        self._watched: np.ndarray | None = None  # the mask's cells outside the ignored boxes
 
     def update(self, frame: np.ndarray, noise: float | None = None) -> np.ndarray:
         """BGR (or gray) uint8 frame -> N x 4 xyxy boxes in frame pixels where it differs from the
@@ -59,10 +62,14 @@ class MotionMask:
         small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA).astype(np.float32)
         if self.background is None or frame.shape != self._shape:
             self.background, self._shape = small, frame.shape
+            self._watched = np.ones(small.shape, bool)
+            rows, cols = small.shape
+            for x0, y0, x1, y1 in self.ignore:  # every cell a box touches
+                self._watched[int(y0 * rows):int(np.ceil(y1 * rows)), int(x0 * cols):int(np.ceil(x1 * cols))] = False
             return np.zeros((0, 4))
         # Area averaging over scale^-2 pixels divides the noise's sigma by 1 / scale.
         level = max(self.threshold, NOISE_FACTOR * (noise or 0.0) * scale)
-        changed = np.abs(small - self.background) > level
+        changed = (np.abs(small - self.background) > level) & self._watched
         cv2.accumulateWeighted(small, self.background, BACKGROUND_RATE)
         return changed_boxes(changed, (width / size[0], height / size[1]))
 

@@ -187,7 +187,8 @@ class CameraRun:
         self.fusion = TemporalFusion(self.config.fuse)
         self.selector = Selector(self.config.select)
         self.tracker = SortTracker(self.config.track)
-        self.motion = MotionMask(self.config.detect.motion_threshold) if self.config.detect.motion else None
+        detect = self.config.detect
+        self.motion = MotionMask(detect.motion_threshold, detect.motion_ignore) if detect.motion else None
         self._since_full = self.config.detect.motion_full_every  # detections since the last whole frame
 
     @property

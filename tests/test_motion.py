@@ -61,6 +61,24 @@ def test_a_frame_of_another_size_starts_a_new_background():
     assert np.allclose(motion.update(moved), [[100, 50, 130, 90]])  # compared with the new background
 
 
+def test_changes_in_ignored_parts_are_not_motion():
+    """A burned-in clock in the top-left corner ticks; a person moves elsewhere: only the person is motion."""
+    rng = np.random.default_rng(2)
+    motion = MotionMask(threshold=12.0, ignore=((0.0, 0.0, 0.25, 0.1),))
+    motion.update(scene(rng))
+    frame = scene(rng)
+    frame[5:30, 10:150] = 255  # the clock's digits: inside the ignored box (160 x 36 px)
+    frame[200:260, 400:440] = 230
+    [box] = motion.update(frame)
+    assert np.allclose(box, [400, 200, 440, 260], atol=2)
+    motion = MotionMask(threshold=12.0, ignore=((0.0, 0.0, 0.25, 0.1),))
+    motion.update(scene(rng))
+    edge = scene(rng)
+    edge[5:30, 150:170] = 255  # a change across the box's edge (x = 160): the part outside it is motion
+    [box] = motion.update(edge)
+    assert box[0] >= 158 and box[2] == pytest.approx(170, abs=2)
+
+
 def test_regions_are_padded_cut_to_the_frame_and_merged():
     boxes = np.array([[10, 10, 30, 30], [25, 25, 60, 60], [500, 500, 510, 510], [580, 40, 590, 50]])
     grown = grow(boxes, pad=0.25, min_side=24)
@@ -180,11 +198,21 @@ def test_a_run_with_motion_finds_the_same_face_for_less_detection(demo_clip, tmp
     ("detect: {motion_threshold: 0}", "detect.motion_threshold must be"),
     ("detect: {motion_full_every: 0}", "detect.motion_full_every must be an integer >= 1"),
     ("detect: {motion_max_area: 1.5}", "detect.motion_max_area must be"),
+    ("detect: {motion_ignore: [[0, 0, 0.3]]}", r"detect.motion_ignore must be a list of boxes \[x0, y0, x1, y1\]"),
+    ("detect: {motion_ignore: [[0.5, 0, 0.3, 0.1]]}", r"x0 < x1, y0 < y1\), got \[\[0.5, 0, 0.3, 0.1\]\]"),
+    ("detect: {motion_ignore: [[0, 0, 1.5, 0.1]]}", r"detect.motion_ignore must be a list of numbers in \[0, 1\]"),
+    ("detect: {motion_ignore: [0, 0, 0.5, 0.1]}", r"detect.motion_ignore must be a list of numbers in \[0, 1\], got 0"),
 ])
-def test_motion_settings_are_checked(tmp_path, text, message):
+def test_motion_settings_are_checked(tmp_path, text, message):  # one line naming the key, as every setting
     from pipeline.errors import ConfigError
 
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_ignored_parts_load_as_boxes():
+    cfg = load_config(None, ["detect.motion_ignore=[[0, 0, 0.3, 0.06], [0.8, 0.0, 1, 0.5]]"])
+    assert cfg.detect.motion_ignore == ((0, 0, 0.3, 0.06), (0.8, 0.0, 1, 0.5))
+    assert cfg.to_dict()["detect"]["motion_ignore"] == cfg.detect.motion_ignore  # summary.json's config

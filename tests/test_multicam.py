@@ -43,6 +43,7 @@ def test_the_example_cameras_file_loads_with_per_camera_settings():
     assert preset.detect.motion and lobby.config.detect.motion and not gate.config.detect.motion  # a panning camera
     assert lobby.config.detect.min_face_size == 16 != preset.detect.min_face_size
     assert door.config.detect.min_face_size == preset.detect.min_face_size  # only lobby's changed
+    assert door.config.detect.motion_ignore == ((0.0, 0.0, 0.3, 0.06),) and lobby.config.detect.motion_ignore == ()
     assert door.config.select.best_n == 3 and lobby.config.select.best_n == preset.select.best_n
     assert door.source == "recordings/door.mp4" and door.config.source.queue_size == 16  # the long form
     assert lobby.config.source.queue_size == preset.source.queue_size

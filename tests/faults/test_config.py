@@ -63,7 +63,9 @@ def test_every_number_has_a_range_and_refuses_values_outside_it(run_cli, tmp_pat
     bound = meta.get("lo", meta.get("gt"))
     bad = bound - 1 if "lo" in meta else bound if bound is not None else meta.get("hi", meta.get("lt")) + 1
     if _base(hint) is tuple:
-        bad = [bad] * len(field.default)
+        bad = [bad] * max(1, len(field.default))
+        if typing.get_origin((typing.get_args(hint) or (None,))[0]) is tuple:  # a list of lists (boxes)
+            bad = [bad]
     code, out, err = run_cli("--source", tmp_path / "never-opened.mp4", "--out", tmp_path / "out",
                              "--set", f"{section}.{key}={json.dumps(bad)}")
     assert code == EXIT_USER_ERROR

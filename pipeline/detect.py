@@ -469,6 +469,17 @@ def _detections(boxes: np.ndarray, scores: np.ndarray, points: np.ndarray) -> li
     return [Detection(box=b, score=float(p), landmarks=m) for b, p, m in zip(boxes, scores, points)]
 
 
+def _once(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[Detection]:
+    """The faces of several searches of one frame (per search: boxes, scores, landmarks in frame pixels), a face
+    found by two overlapping searches kept once (NMS, intersection over the smaller box), best first."""
+    if not parts:
+        return []
+    boxes, scores, points = (np.concatenate(p) for p in zip(*parts))
+    keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.zeros(len(scores), dtype=torch.long), 0.7,
+               mode="min").numpy()
+    return _detections(boxes[keep], scores[keep], points[keep])
+
+
 def _in_chunks(fn: Callable[[slice], tuple[Tensor, ...]], n: int, chunk: int) -> tuple[Tensor, ...]:
     outs = [fn(slice(s, s + chunk)) for s in range(0, max(n, 1), chunk)]  # n == 0: one empty call
     return tuple(torch.cat(parts) for parts in zip(*outs))
@@ -534,19 +545,13 @@ class MTCNNDetector:
         """
         with self._profiling(len(frames)):
             images = [self._as_bgr(frame, k) for k, frame in enumerate(frames)]
-            results: list[list[Detection]] = [[] for _ in images]
-            groups: dict[tuple[int, int], list[int]] = {}
-            for k, image in enumerate(images):
-                groups.setdefault(image.shape[:2], []).append(k)
-            for (height, width), members in groups.items():
-                size = self._detection_size(height, width)
-                scale = np.array([width / size[1], height / size[0]], np.float32)
-                for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
-                    chunk = members[s : s + MAX_FRAMES_PER_BATCH]
-                    batch = np.stack([self._resize(images[k], size) for k in chunk])
-                    found = self._cascade(batch, self.config.min_face_size)
-                    for k, (boxes, scores, points) in zip(chunk, found):
-                        results[k] = _detections(boxes * np.tile(scale, 2), scores, points * scale)
+            sizes = [self.detection_size(*image.shape[:2]) for image in images]
+            found = self._cascade_each([self._resize(image, size) for image, size in zip(images, sizes)],
+                                       self.config.min_face_size)
+            results: list[list[Detection]] = []
+            for image, size, (boxes, scores, points) in zip(images, sizes, found):
+                scale = np.array([image.shape[1] / size[1], image.shape[0] / size[0]], np.float32)
+                results.append(_detections(boxes * np.tile(scale, 2), scores, points * scale))
             log.debug("detected %d faces in %d frames", sum(map(len, results)), len(images))
         return results
 
@@ -566,11 +571,8 @@ class MTCNNDetector:
             if not len(windows):
                 return []
             side = round(ROI_FACE * (1 + 2 * ROI_PAD))
-            found = []
-            for s in range(0, len(windows), MAX_FRAMES_PER_BATCH):
-                chunk = windows[s : s + MAX_FRAMES_PER_BATCH]
-                batch = np.stack([self._resize(image[y : y + n, x : x + n], (side, side)) for x, y, n in chunk])
-                found += self._cascade(batch, ROI_FACE / 2)
+            found = self._cascade_each([self._resize(image[y : y + n, x : x + n], (side, side)) for x, y, n in windows],
+                                       ROI_FACE / 2)
             expected = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
             kept = []
             for (x, y, n), box, (crop_boxes, scores, points) in zip(windows, expected, found):
@@ -579,10 +581,7 @@ class MTCNNDetector:
                 reach = np.max(box[2:] - box[:2])
                 near = np.all(np.abs((crop_boxes[:, :2] + crop_boxes[:, 2:]) / 2 - (box[:2] + box[2:]) / 2) <= reach, 1)
                 kept.append((crop_boxes[near], scores[near], points[near]))
-            crop_boxes, scores, points = (np.concatenate(parts) for parts in zip(*kept))
-            keep = nms(torch.from_numpy(crop_boxes), torch.from_numpy(scores),
-                       torch.zeros(len(scores), dtype=torch.long), 0.7, mode="min").numpy()
-            return _detections(crop_boxes[keep], scores[keep], points[keep])
+            return _once(kept)
 
     @torch.inference_mode()
     def detect_regions(self, frame: np.ndarray, regions: np.ndarray) -> list[Detection]:
@@ -593,31 +592,18 @@ class MTCNNDetector:
         with self._profiling(1):
             image = self._as_bgr(frame, 0)
             height, width = image.shape[:2]
-            size = self._detection_size(height, width)
+            size = self.detection_size(height, width)
             scale = np.array([width / size[1], height / size[0]], np.float32)
-            if size != (height, width):
-                image = self._resize(image, size)
+            image = self._resize(image, size)
             grid = np.asarray(regions, dtype=float).reshape(-1, 4) / np.tile(scale, 2)  # on the detection's grid
             x0y0 = np.clip(np.floor(grid[:, :2]), 0, None).astype(int)
             x1y1 = np.minimum(np.ceil(grid[:, 2:]), [size[1], size[0]]).astype(int)
-            by_size: dict[tuple[int, int], list[int]] = {}
-            for k, ((x0, y0), (x1, y1)) in enumerate(zip(x0y0, x1y1)):
-                if x1 > x0 and y1 > y0:
-                    by_size.setdefault((y1 - y0, x1 - x0), []).append(k)
-            parts = [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))]
-            for members in by_size.values():
-                for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
-                    chunk = members[s : s + MAX_FRAMES_PER_BATCH]
-                    crops = np.stack([image[y0 : y1, x0 : x1] for (x0, y0), (x1, y1) in
-                                      zip(x0y0[chunk], x1y1[chunk])])
-                    for k, (boxes, scores, points) in zip(chunk, self._cascade(crops, self.config.min_face_size)):
-                        origin = x0y0[k].astype(np.float32)
-                        parts.append(((boxes + np.tile(origin, 2)) * np.tile(scale, 2), scores,
-                                      (points + origin) * scale))
-            boxes, scores, points = (np.concatenate(p) for p in zip(*parts))
-            keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores),
-                       torch.zeros(len(scores), dtype=torch.long), 0.7, mode="min").numpy()
-            return _detections(boxes[keep], scores[keep], points[keep])
+            inside = (x1y1 > x0y0).all(1)  # a part on the frame's edge may round to nothing
+            x0y0, x1y1 = x0y0[inside], x1y1[inside]
+            found = self._cascade_each([image[y0:y1, x0:x1] for (x0, y0), (x1, y1) in zip(x0y0, x1y1)],
+                                       self.config.min_face_size)
+            return _once([((boxes + np.tile(origin, 2)) * np.tile(scale, 2), scores, (points + origin) * scale)
+                          for origin, (boxes, scores, points) in zip(x0y0.astype(np.float32), found)])
 
     @contextmanager
     def _profiling(self, frames: int) -> Iterator[None]:
@@ -652,7 +638,8 @@ class MTCNNDetector:
             self._warned.add(key)
             log.warning(message)
 
-    def _detection_size(self, height: int, width: int) -> tuple[int, int]:
+    def detection_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size (H, W) an H x W frame is detected at: shrunk to detect.max_side."""
         max_side = self.config.max_side
         if max_side is None or max(height, width) <= max_side:
             return height, width
@@ -684,6 +671,20 @@ class MTCNNDetector:
         boxes, scores, points = (t.float().cpu().numpy() for t in (boxes, scores, points))
         index = index.cpu().numpy()
         return [(boxes[index == b], scores[index == b], points[index == b]) for b in range(len(batch_bgr))]
+
+    def _cascade_each(self, images: Sequence[np.ndarray], min_face: float) -> list[tuple[np.ndarray, ...]]:
+        """The cascade on each of `images` (H x W x 3 uint8 BGR, any sizes), those of one size in batches of at
+        most MAX_FRAMES_PER_BATCH: per image (boxes N x 4, scores N, landmarks N x 5 x 2) in its pixels."""
+        found: list[tuple[np.ndarray, ...]] = [()] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(k)
+        for members in groups.values():
+            for s in range(0, len(members), MAX_FRAMES_PER_BATCH):
+                chunk = members[s : s + MAX_FRAMES_PER_BATCH]
+                for k, result in zip(chunk, self._cascade(np.stack([images[k] for k in chunk]), min_face)):
+                    found[k] = result
+        return found
 
     def _timed(self, stage: str, fn: Callable, *args: object):
         t0 = time.perf_counter()

@@ -297,7 +297,7 @@ class CameraRun:
         cfg = self.config.detect
         changed = self.motion.update(frame.image, frame.noise)
         height, width = frame.image.shape[:2]
-        scale = min(1.0, (cfg.max_side or max(height, width)) / max(height, width))
+        scale = self.detector.detection_size(height, width)[1] / width
         self._since_full += 1
         if self._since_full >= cfg.motion_full_every or not worth_searching(
                 self.search_regions(frame, changed), height, width, scale, cfg.motion_max_area):

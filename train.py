@@ -38,6 +38,7 @@ from common.errors import UserError
 from models import (CheckpointError, build_model, charbonnier, load_model, load_optimizer_state, resolve_device,
                     save_checkpoint, save_optimizer_state)
 from models.data import FaceSet, PairSampler, PairStream
+from models.identity import IdentityLoss, chip_transforms
 from models.scoring import EvalPairs, model_upscaler, score
 from models.train_config import ROOT, TrainConfig, load_train_config, repo_path
 
@@ -78,7 +79,15 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
     data_root = repo_path(cfg.data.root)
     faces = FaceSet.load(data_root, "train")
     val_pairs = EvalPairs.make(FaceSet.load(data_root, "val", limit=vc.images), vc.lr, vc.hr, vc.degrade)
-    sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed)
+    ic = cfg.identity
+    identity_loss = None
+    if ic.weight:
+        chips = chip_transforms(faces.images, data_root, faces.names)
+        sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed, chips=chips, identity_faces=ic.faces,
+                              identity_grid=ic.grid)
+        identity_loss = IdentityLoss().to(device)
+    else:
+        sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump({**plain(cfg), "model_config": model.config}, sort_keys=False))
     records = open(out / "log.jsonl", "a", encoding="utf-8")
@@ -94,7 +103,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
     loader = DataLoader(PairStream(sampler, start, steps), batch_size=None, num_workers=tc.workers,
                         generator=torch.Generator().manual_seed(tc.seed))  # keeps the global RNG untouched
     decay_step = int(tc.decay_at * steps)
-    t0, ema, psnr, step, window = time.perf_counter(), None, None, start, []
+    t0, ema, psnr, step, window, id_window = time.perf_counter(), None, None, start, [], []
     bar = tqdm(total=steps, initial=start, desc=cfg.name, unit="step", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
     try:
@@ -103,6 +112,12 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
                 group["lr"] = tc.lr * (tc.decay if step >= decay_step else 1.0)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             loss = charbonnier(model(batch["lr"], batch["coord"], batch["ratio"]), batch["rgb"])
+            if identity_loss is not None:  # the first faces' chips, rendered on their own grid
+                k, g = len(batch["id_hr"]), ic.grid
+                sr = model(batch["lr"][:k], batch["id_coord"], batch["id_ratio"]).view(k, g, g, 3).permute(0, 3, 1, 2)
+                id_value = identity_loss(sr, batch["id_hr"])
+                id_window.append(id_value.item())
+                loss = loss + ic.weight * id_value
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -111,11 +126,13 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
             window.append(value)
             done = step + 1
             if done % tc.log_every == 0:  # the mean loss since the last record
-                records.write(json.dumps({"step": done, "loss": round(float(np.mean(window)), 5),
+                extra = {"identity": round(float(np.mean(id_window)), 5)} if id_window else {}
+                records.write(json.dumps({"step": done, "loss": round(float(np.mean(window)), 5), **extra,
                                           "lr": opt.param_groups[0]["lr"],
                                           "time_s": round(wall + time.perf_counter() - t0, 1)}) + "\n")
                 records.flush()
                 window.clear()
+                id_window.clear()
             over_time = bool(tc.max_minutes) and time.perf_counter() - t0 > 60 * tc.max_minutes
             if done % vc.every == 0 or done == steps or over_time:
                 val = score(model_upscaler(model), val_pairs)

@@ -43,7 +43,7 @@ from torch.utils.data import IterableDataset
 
 from common.errors import ConfigError, UserError
 
-from . import camera
+from . import camera, identity
 from .arasfsr import make_coord
 
 log = logging.getLogger(__name__)
@@ -407,8 +407,12 @@ class PairSampler:
     """LR-HR training batches; batch `step` depends only on (seed, step), so a resumed run sees
     exactly the batches an uninterrupted one would."""
 
-    def __init__(self, faces: FaceSet, cfg: PairConfig, seed: int = 0):
+    def __init__(self, faces: FaceSet, cfg: PairConfig, seed: int = 0, chips: np.ndarray | None = None,
+                 identity_faces: int = 0, identity_grid: int = 100):
+        """chips, identity_faces, identity_grid: with chip transforms (models.identity.chip_transforms),
+        the first `identity_faces` faces of a batch also get their dlib chip rendered as queries."""
         self.faces, self.cfg, self.seed = faces, cfg, seed
+        self.chips, self.identity_faces, self.identity_grid = chips, identity_faces if chips is not None else 0, identity_grid
         if cfg.hr[1] > faces.size:
             log.warning("HR targets up to %d px are up-sampled from %d px ground truth; prepare the data at "
                         "--size %d to avoid it", cfg.hr[1], faces.size, cfg.hr[1])
@@ -419,11 +423,13 @@ class PairSampler:
         lr_size = int(rng.integers(cfg.lr[0], cfg.lr[1] + 1))
         hr_size = int(rng.integers(max(cfg.hr[0], lr_size), cfg.hr[1] + 1))
         coord_table = make_coord(hr_size, hr_size)
-        lrs, coords, rgbs = [], [], []
-        for i in rng.choice(len(self.faces), cfg.batch_size, replace=len(self.faces) < cfg.batch_size):
+        lrs, coords, rgbs, ids = [], [], [], []
+        for b, i in enumerate(rng.choice(len(self.faces), cfg.batch_size, replace=len(self.faces) < cfg.batch_size)):
             gt, mask = self.faces.images[i], self.faces.masks[i]
+            chip = self.chips[i] if b < self.identity_faces else None
             if cfg.flip and rng.random() < 0.5:
                 gt, mask = gt[:, ::-1], mask[:, ::-1]
+                chip = identity.flip_chip(chip, self.faces.size) if chip is not None else None
             if cfg.gray and rng.random() < cfg.gray:
                 gt = cv2.cvtColor(cv2.cvtColor(np.ascontiguousarray(gt), cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
             gt, mask = np.ascontiguousarray(gt), np.ascontiguousarray(mask)
@@ -433,10 +439,27 @@ class PairSampler:
             lrs.append(lr)
             coords.append(coord_table[torch.from_numpy(idx)])
             rgbs.append(torch.from_numpy(rgb))
+            if chip is not None:
+                ids.append(self._identity_sample(gt, chip, to_lr, lr_size))
         lr = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).float().div_(255.0)
         coord = torch.stack(coords)
         ratio = torch.tensor([lr_size / hr_size] * 2).expand_as(coord).contiguous()
-        return {"lr": lr.contiguous(), "coord": coord, "ratio": ratio, "rgb": torch.stack(rgbs)}
+        batch = {"lr": lr.contiguous(), "coord": coord, "ratio": ratio, "rgb": torch.stack(rgbs)}
+        if ids:
+            id_coord, id_ratio, id_hr = zip(*ids)
+            batch["id_coord"] = torch.from_numpy(np.stack(id_coord))
+            batch["id_ratio"] = torch.from_numpy(np.stack(id_ratio))[:, None].expand_as(batch["id_coord"]).contiguous()
+            batch["id_hr"] = torch.from_numpy(np.stack(id_hr)).permute(0, 3, 1, 2).float().div_(255.0).contiguous()
+        return batch
+
+    def _identity_sample(self, gt: np.ndarray, chip: np.ndarray, to_lr: np.ndarray | None, lr_size: int
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chip's query coordinates in the LR image, their scale ratio, and the ground truth's chip."""
+        if to_lr is None:  # the LR is the whole face shrunk: pixel centres scale about -0.5
+            k = lr_size / gt.shape[0]
+            to_lr = np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5]])
+        coord, ratio = identity.chip_queries(chip, to_lr, lr_size, self.identity_grid)
+        return coord, ratio, identity.gt_chip(gt, chip)
 
 
 class PairStream(IterableDataset):

@@ -69,6 +69,15 @@ class TrainSettings:
 
 
 @dataclass
+class IdentitySettings:
+    """The identity loss (models/identity.py): weight 0 leaves it out."""
+
+    weight: float = setting(0.0, lo=0.0)  # lambda: the descriptor distance's weight against the pixel loss
+    faces: int = setting(2, lo=1)  # faces of each batch whose chip is rendered for it (the first ones)
+    grid: int = setting(100, lo=16, hi=150)  # the chip rendered at grid x grid, resized to 150 (decoder time)
+
+
+@dataclass
 class ValSettings:
     every: int = setting(500, lo=1)
     images: int = setting(64, lo=1)
@@ -86,6 +95,7 @@ class TrainConfig:
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     val: ValSettings = field(default_factory=ValSettings)
+    identity: IdentitySettings = field(default_factory=IdentitySettings)
 
     def model_config(self) -> dict:
         """The resolved model config: the `model` file with `model_overrides` merged over it."""
@@ -118,4 +128,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
         raise ConfigError(f"{path}: {exc}") from None
     if not cfg.model:
         raise ConfigError(f"{path}: no `model:` (a configs/model/*.yaml file)")
+    if cfg.identity.weight and cfg.identity.faces > cfg.data.batch_size:
+        raise ConfigError(f"{path}: identity.faces ({cfg.identity.faces}) is more than data.batch_size "
+                          f"({cfg.data.batch_size})")
     return cfg

@@ -299,7 +299,7 @@ class GalleryMatcher:
 _INSTALL_HINT = "face recognition needs dlib: pip install -e .[recognition]"
 
 
-def _dlib_models_dir() -> Path:
+def dlib_models_dir() -> Path:
     """Folder of the face_recognition_models weights, found without importing the package
     (its __init__ imports pkg_resources, which recent setuptools no longer ships)."""
     spec = importlib.util.find_spec("face_recognition_models")
@@ -353,7 +353,7 @@ class DlibEmbedder(Embedder):
             import dlib
         except ImportError:
             raise PipelineError(f"dlib is not installed; {_INSTALL_HINT}") from None
-        models = Path(model_dir) if model_dir is not None else _dlib_models_dir()
+        models = Path(model_dir) if model_dir is not None else dlib_models_dir()
         rec = models / "dlib_face_recognition_resnet_model_v1.dat"
         shape = models / "shape_predictor_5_face_landmarks.dat"
         for path in (rec, shape):
@@ -371,6 +371,11 @@ class DlibEmbedder(Embedder):
         if not self.realign:
             return cv2.resize(rgb, (150, 150), interpolation=cv2.INTER_AREA
                               if min(rgb.shape[:2]) > 150 else cv2.INTER_CUBIC)
+        rgb, shape = self._landmarks(rgb)
+        return self._dlib.get_face_chip(rgb, shape, size=150, padding=0.25)
+
+    def _landmarks(self, rgb: np.ndarray) -> tuple[np.ndarray, Any]:
+        """The face as the landmark model sees it (at least 160 px) and dlib's 5 points on it."""
         h, w = rgb.shape[:2]
         if min(h, w) < 160:  # the HOG detector finds faces of >= 80 px
             f = 160 / min(h, w)
@@ -380,7 +385,34 @@ class DlibEmbedder(Embedder):
         x0, y0, x1, y1 = self.CANONICAL_BOX
         box = (max(found, key=lambda r: r.area()) if len(found) else
                self._dlib.rectangle(round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h)))
-        return self._dlib.get_face_chip(rgb, self._shape(rgb, box), size=150, padding=0.25)
+        return rgb, self._shape(rgb, box)
+
+    def chip_transform(self, face: np.ndarray) -> np.ndarray:
+        """The 2 x 3 affine map from `chip(face)`'s pixels to the face's pixels (pixel centres).
+
+        dlib does not expose the warp, so it is measured: the chip of an image whose channels
+        are linear ramps of x and y, cut with the face's own landmarks, fitted by least squares
+        (ramp rounding averages out over the chip's pixels; pixels outside the face are left
+        out). For training against `chip` (models.identity)."""
+        rgb = np.ascontiguousarray(_check_face(face)[:, :, ::-1])
+        if not self.realign:
+            raise ValueError("chip_transform needs realign=True or 'canonical'")
+        h0, w0 = rgb.shape[:2]
+        rgb, shape = self._landmarks(rgb)
+        h, w = rgb.shape[:2]
+        ys, xs = np.mgrid[0:h, 0:w]
+        ramp = np.dstack([xs * 255.0 / (w - 1), ys * 255.0 / (h - 1), np.full((h, w), 200.0)])
+        chip = self._dlib.get_face_chip(np.rint(ramp).astype(np.uint8), shape, size=150, padding=0.25)
+        inside = chip[:, :, 2] == 200  # border pixels blend with dlib's zero fill
+        v, u = np.nonzero(inside)
+        # + 0.5: dlib truncates its interpolated values to integers (measured: 0.3 px otherwise)
+        x = (chip[v, u, 0] + 0.5) * (w - 1) / 255.0
+        y = (chip[v, u, 1] + 0.5) * (h - 1) / 255.0
+        # back to the given face's pixels: (p + 0.5) * original / resized - 0.5
+        x, y = (x + 0.5) * w0 / w - 0.5, (y + 0.5) * h0 / h - 0.5
+        a = np.stack([u, v, np.ones_like(u)], axis=1).astype(np.float64)
+        fit = np.linalg.lstsq(a, np.stack([x, y], axis=1), rcond=None)[0]
+        return fit.T
 
     def face_box(self, photo: np.ndarray, upsample: int = 1,
                  max_side: int = 1000) -> tuple[int, int, int, int] | None:

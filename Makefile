@@ -40,6 +40,8 @@ gpu-pack: install
 	cp $(SHARED_VIDEO)/arcade_1080p_multiface.mp4 $(SHARED_VIDEO)/cctv_classroom_270p.mp4 \
 		$(SHARED_VIDEO)/stage_360p_two_faces.mp4 .gpu/clips/
 	test -f .gpu/data/manifest.csv || $(BIN)/python prepare.py --src data/prepared_utk --out .gpu/data --repack 95
+	@# identity training (configs/train/paper_id_gpu.yaml) without dlib there: chip geometry and dlib's network
+	$(BIN)/python -c "from models.identity import pack_for_identity as p; p('.gpu/data')"
 
 clean:
 	rm -rf $(VENV) out *.egg-info

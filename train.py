@@ -38,6 +38,7 @@ from common.errors import UserError
 from models import (CheckpointError, build_model, charbonnier, load_model, load_optimizer_state, resolve_device,
                     save_checkpoint, save_optimizer_state)
 from models.data import FaceSet, PairSampler, PairStream
+from models.dlib_resnet import DlibResNet
 from models.identity import IdentityLoss, chip_transforms
 from models.scoring import EvalPairs, model_upscaler, score
 from models.train_config import ROOT, TrainConfig, load_train_config, repo_path
@@ -85,7 +86,7 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
         chips = chip_transforms(faces.images, data_root, faces.names)
         sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed, chips=chips, identity_faces=ic.faces,
                               identity_grid=ic.grid)
-        identity_loss = IdentityLoss().to(device)
+        identity_loss = IdentityLoss(DlibResNet.load(repo_path(ic.recognizer) if ic.recognizer else None)).to(device)
     else:
         sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed)
     out.mkdir(parents=True, exist_ok=True)

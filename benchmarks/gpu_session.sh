@@ -12,7 +12,8 @@
 # pipeline  pipeline_speed on the carried clips (default and cctv presets) and multicam with 1, 4 and 8 file cameras,
 #           then 4 and 8 with 2 detecting threads (detect.workers) and detector batches of 16, then the cctv preset
 #           with and without detect.motion
-# train     configs/train/paper_gpu.yaml for MAX_MINUTES (default: the config's), resumed from runs/paper_gpu (kept
+# train     CONFIG (default configs/train/paper_gpu.yaml; paper_id_gpu.yaml: the identity loss) for MAX_MINUTES
+#           (default: the config's), resumed from runs/<config's name> (kept
 #           by a warm machine) or from .gpu/resume (last.safetensors + last.optim.safetensors carried back from an
 #           earlier $OUT). STEPS (environment) overrides the config's steps. The total can be set once the first
 #           run's log.jsonl gives the step rate: changing it on a resume is exact while both totals' decay points
@@ -75,12 +76,13 @@ pipeline)
     tar -cf "$OUT/pipeline.tar" -C "$res" .
     ;;
 train)
-    run=runs/paper_gpu
+    config=${CONFIG:-configs/train/paper_gpu.yaml}
+    run=runs/$(basename "$config" .yaml)
     if [ ! -f $run/last.optim.safetensors ] && [ -f .gpu/resume/last.optim.safetensors ]; then
         mkdir -p $run && cp .gpu/resume/last.safetensors .gpu/resume/last.optim.safetensors $run/
     fi
     resume=$([ -f $run/last.optim.safetensors ] && echo --resume || true)
-    $py train.py --config configs/train/paper_gpu.yaml --out $run $resume ${STEPS:+--steps $STEPS} \
+    $py train.py --config "$config" --out $run $resume ${STEPS:+--steps $STEPS} \
         ${MAX_MINUTES:+--max-minutes $MAX_MINUTES} >"$OUT/train.txt" 2>&1 || echo "train: exit $?" >>"$OUT/train.txt"
     cp $run/last.safetensors $run/last.optim.safetensors $run/log.jsonl "$OUT/" 2>/dev/null || true
     [ -f $run/best.safetensors ] && cp $run/best.safetensors "$OUT/"

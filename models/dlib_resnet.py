@@ -188,6 +188,29 @@ class DlibResNet(nn.Module):
         return [self.stem] + [m for blk in self.blocks for m in (blk.a, blk.b)]
 
     @classmethod
+    def load(cls, path: Path | str | None = None) -> "DlibResNet":
+        """From dlib's model file (.dat; default: the installed one) or from `save`'s .safetensors."""
+        if path is None or Path(path).suffix != ".safetensors":
+            return cls.from_dat(path)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        net = cls()
+        try:
+            state = load_file(str(path))
+            net.load_state_dict({k: v.float() for k, v in state.items()})
+        except (OSError, SafetensorError, RuntimeError) as exc:
+            raise DatFormatError(f"{path}: not the dlib network's weights ({str(exc).splitlines()[0]})") from None
+        return net.eval()
+
+    def save(self, path: Path | str, dtype: torch.dtype = torch.float16) -> None:
+        """The weights as safetensors (half the size in fp16: what a GPU lease carries; descriptors
+        change by < 1e-3)."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.to(dtype).contiguous() for k, v in self.state_dict().items()}, str(path))
+
+    @classmethod
     def from_dat(cls, path: Path | str | None = None) -> "DlibResNet":
         """Build the network with the weights of dlib's model file (default: the installed one)."""
         path = Path(path) if path is not None else default_model_path()

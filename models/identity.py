@@ -45,7 +45,7 @@ class IdentityLoss(nn.Module):
 
     def __init__(self, net: DlibResNet | None = None) -> None:
         super().__init__()
-        self.net = net if net is not None else DlibResNet.from_dat()
+        self.net = net if net is not None else DlibResNet.load()
         self.net.eval().requires_grad_(False)
 
     def descriptors(self, chips: torch.Tensor) -> torch.Tensor:
@@ -114,3 +114,19 @@ def gt_chip(gt: np.ndarray, chip_to_face: np.ndarray) -> np.ndarray:
     """The ground truth's 150 x 150 chip (bilinear, as dlib cuts it)."""
     return cv2.warpAffine(gt, chip_to_face, (INPUT_SIZE, INPUT_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
+
+
+RECOGNIZER_FILE = "dlib_resnet.safetensors"
+
+
+def pack_for_identity(root: Path | str) -> None:
+    """Make a prepared folder self-contained for identity training where dlib is not installed (a GPU
+    lease): its train faces' chip geometry (`chips.npy`) and dlib's network in fp16 (`dlib_resnet.safetensors`,
+    11 MB; name it in `identity.recognizer`)."""
+    from .data import FaceSet
+
+    root = Path(root)
+    faces = FaceSet.load(root, "train")
+    chip_transforms(faces.images, root, faces.names)
+    if not (root / RECOGNIZER_FILE).is_file():
+        DlibResNet.from_dat().save(root / RECOGNIZER_FILE)

@@ -75,6 +75,7 @@ class IdentitySettings:
     weight: float = setting(0.0, lo=0.0)  # lambda: the descriptor distance's weight against the pixel loss
     faces: int = setting(2, lo=1)  # faces of each batch whose chip is rendered for it (the first ones)
     grid: int = setting(100, lo=16, hi=150)  # the chip rendered at grid x grid, resized to 150 (decoder time)
+    recognizer: str = ""  # dlib's network: its .dat or DlibResNet.save's .safetensors ("": the installed .dat)
 
 
 @dataclass

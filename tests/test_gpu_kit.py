@@ -25,3 +25,12 @@ def test_the_session_script_parses_and_refuses_an_unknown_stage():
     res = subprocess.run(["bash", str(SCRIPT), "tarin"], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip() == "usage: benchmarks/gpu_session.sh check|pipeline|train ... (got 'tarin')"
+
+
+def test_paper_id_gpu_fine_tunes_the_full_model_with_the_packed_recognizer():
+    cfg = load_train_config(ROOT / "configs/train/paper_id_gpu.yaml")
+    full = load_train_config(ROOT / "configs/train/paper_gpu.yaml")
+    assert cfg.model == full.model and cfg.train.init == "models/weights/arasfsr_paper_full.safetensors"
+    assert cfg.identity.weight > 0 and cfg.identity.grid == 150 and cfg.identity.faces <= cfg.data.batch_size
+    assert cfg.identity.recognizer.startswith(cfg.data.root)  # carried with the data (make gpu-pack)
+    assert 0 < cfg.train.max_minutes < 10

@@ -13,7 +13,8 @@ from skimage.data import astronaut
 import train
 from models.data import FaceSet, PairConfig, PairSampler, write_prepared
 from models.dlib_resnet import DatFormatError, DlibResNet, default_model_path
-from models.identity import CHIPS_FILE, IdentityLoss, chip_queries, chip_transforms, flip_chip, gt_chip
+from models.identity import (CHIPS_FILE, RECOGNIZER_FILE, IdentityLoss, chip_queries, chip_transforms, flip_chip,
+                             gt_chip, pack_for_identity)
 from pipeline.recognition import DlibEmbedder, dlib_available
 
 needs_dlib = pytest.mark.skipif(not dlib_available(),
@@ -159,6 +160,13 @@ def test_training_with_the_identity_loss_logs_it_and_caches_the_chips(tmp_path):
     np.save(root / CHIPS_FILE, np.zeros_like(cached))  # a marker: the cache is read when it is this set's
     assert not chip_transforms(faces.images, root, faces.names).any()
     assert np.allclose(chip_transforms(faces.images, root, faces.names[::-1]), cached)  # another set: measured
+    # what a GPU lease carries: the folder with its geometry and the network, trained from without dlib's file
+    pack_for_identity(root)
+    assert np.allclose(np.load(root / CHIPS_FILE), cached)
+    cfg["identity"]["recognizer"] = str(root / RECOGNIZER_FILE)
+    cfg["train"]["steps"] = 1
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    assert train.main(["--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run2")]) == 0
 
 
 def test_identity_faces_beyond_the_batch_are_a_config_error(tmp_path):
@@ -174,3 +182,16 @@ def test_identity_faces_beyond_the_batch_are_a_config_error(tmp_path):
         {"model": "configs/model/arasfsr_edsr_cpu.yaml", "identity": {"grid": 200}}))
     with pytest.raises(ConfigError, match="grid"):
         load_train_config(tmp_path / "run.yaml")
+
+
+@needs_dlib
+def test_the_half_size_copy_gives_the_same_descriptors(net, tmp_path):
+    net.save(tmp_path / "r.safetensors")
+    half = DlibResNet.load(tmp_path / "r.safetensors")
+    chips = torch.from_numpy(np.stack([cv2.resize(aligned_face(128, s), (150, 150)) for s in (0, 9)]))
+    chips = chips.permute(0, 3, 1, 2).float()
+    with torch.no_grad():
+        assert (half(chips) - net(chips)).abs().max() < 1e-3
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(DatFormatError, match=r"bad\.safetensors: not the dlib network's weights"):
+        DlibResNet.load(tmp_path / "bad.safetensors")

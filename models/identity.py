@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 
 import cv2
@@ -34,8 +33,6 @@ from torch import nn
 from tqdm import tqdm
 
 from .dlib_resnet import INPUT_SIZE, DlibResNet
-
-log = logging.getLogger(__name__)
 
 CHIPS_FILE = "chips.npy"
 

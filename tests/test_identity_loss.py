@@ -1,6 +1,5 @@
 """dlib's face descriptor in torch, the chip geometry and the identity loss used in training."""
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np

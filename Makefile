@@ -32,7 +32,7 @@ demo: install-dev
 # What a GPU lease carries (benchmarks/gpu_session.sh; .gpu/ is ignored): the wheels the GPU image lacks (PyAV for
 # its Python 3.12), three shared clips, and the prepared training faces as WebP (needs data/prepared_utk).
 SHARED_VIDEO ?= ../shared/data/video
-gpu-pack: install
+gpu-pack: install-dev
 	mkdir -p .gpu/wheels .gpu/av .gpu/clips
 	$(BIN)/python -m pip download --quiet --no-deps -d .gpu/wheels facenet-pytorch==2.6.0 filterpy
 	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \

@@ -81,14 +81,11 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
     faces = FaceSet.load(data_root, "train")
     val_pairs = EvalPairs.make(FaceSet.load(data_root, "val", limit=vc.images), vc.lr, vc.hr, vc.degrade)
     ic = cfg.identity
-    identity_loss = None
-    if ic.weight:
-        chips = chip_transforms(faces.images, data_root, faces.names)
-        sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed, chips=chips, identity_faces=ic.faces,
-                              identity_grid=ic.grid)
-        identity_loss = IdentityLoss(DlibResNet.load(repo_path(ic.recognizer) if ic.recognizer else None)).to(device)
-    else:
-        sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed)
+    chips = chip_transforms(faces.images, data_root, faces.names) if ic.weight else None  # None: no chips rendered
+    sampler = PairSampler(faces, cfg.data.pairs(), seed=tc.seed, chips=chips, identity_faces=ic.faces,
+                          identity_grid=ic.grid)
+    identity_loss = (IdentityLoss(DlibResNet.load(repo_path(ic.recognizer) if ic.recognizer else None)).to(device)
+                     if ic.weight else None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump({**plain(cfg), "model_config": model.config}, sort_keys=False))
     records = open(out / "log.jsonl", "a", encoding="utf-8")

@@ -37,6 +37,7 @@ from common.config import plain
 from common.errors import UserError
 from models import (CheckpointError, build_model, charbonnier, load_model, load_optimizer_state, resolve_device,
                     save_checkpoint, save_optimizer_state)
+from models.arasfsr import LatentGrid
 from models.data import FaceSet, PairSampler, PairStream
 from models.dlib_resnet import DlibResNet
 from models.identity import IdentityLoss, chip_transforms
@@ -109,10 +110,12 @@ def train(cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
             for group in opt.param_groups:
                 group["lr"] = tc.lr * (tc.decay if step >= decay_step else 1.0)
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            loss = charbonnier(model(batch["lr"], batch["coord"], batch["ratio"]), batch["rgb"])
+            grid = model.encode(batch["lr"])
+            loss = charbonnier(model.query_rgb(grid, batch["coord"], batch["ratio"]), batch["rgb"])
             if identity_loss is not None:  # the first faces' chips, rendered on their own grid
                 k, g = len(batch["id_hr"]), ic.grid
-                sr = model(batch["lr"][:k], batch["id_coord"], batch["id_ratio"]).view(k, g, g, 3).permute(0, 3, 1, 2)
+                first = LatentGrid(grid.projected[:k], grid.lr[:k])
+                sr = model.query_rgb(first, batch["id_coord"], batch["id_ratio"]).view(k, g, g, 3).permute(0, 3, 1, 2)
                 id_value = identity_loss(sr, batch["id_hr"])
                 id_window.append(id_value.item())
                 loss = loss + ic.weight * id_value

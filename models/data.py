@@ -347,15 +347,18 @@ class FrameDegradation:
         return lr, to_lr
 
 
+def scale_pixels(k: float) -> np.ndarray:
+    """The 2 x 3 map of pixel centres when an image is resized by k: p -> (p + 0.5) k - 0.5."""
+    return np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5]])
+
+
 def hr_target(gt: np.ndarray, mask: np.ndarray, hr_size: int, lr_size: int,
               to_lr: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The HR target and its photo mask: the ground truth resampled to hr_size, or, given the
     ground truth -> LR crop transform, the LR crop's own window rendered at hr_size."""
     if to_lr is None:
         return resize(gt, hr_size, "bicubic"), resize_mask(mask, hr_size)
-    k = hr_size / lr_size  # crop px p -> HR px (p + 0.5) k - 0.5 (pixel centres, as pipeline.align)
-    m = to_lr * k
-    m[:, 2] += 0.5 * k - 0.5
+    m = scale_pixels(hr_size / lr_size) @ np.vstack([to_lr, [0, 0, 1]])  # gt px -> crop px -> HR px (as pipeline.align)
     hr = cv2.warpAffine(gt, m, (hr_size, hr_size), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     inside = cv2.warpAffine(mask.astype(np.uint8), m, (hr_size, hr_size), flags=cv2.INTER_NEAREST,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
@@ -455,9 +458,8 @@ class PairSampler:
     def _identity_sample(self, gt: np.ndarray, chip: np.ndarray, to_lr: np.ndarray | None, lr_size: int
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The chip's query coordinates in the LR image, their scale ratio, and the ground truth's chip."""
-        if to_lr is None:  # the LR is the whole face shrunk: pixel centres scale about -0.5
-            k = lr_size / gt.shape[0]
-            to_lr = np.array([[k, 0.0, 0.5 * k - 0.5], [0.0, k, 0.5 * k - 0.5]])
+        if to_lr is None:  # the LR is the whole face shrunk
+            to_lr = scale_pixels(lr_size / gt.shape[0])
         coord, ratio = identity.chip_queries(chip, to_lr, lr_size, self.identity_grid)
         return coord, ratio, identity.gt_chip(gt, chip)
 

@@ -1,7 +1,7 @@
 """dlib's face-recognition ResNet in torch, read from dlib's own model file (no dlib needed).
 
 Why: the identity benchmark scores enhanced faces with dlib's 128-D descriptor, and dlib's network
-cannot be trained through. The same network in torch can: `IdentityLoss` (models/losses.py) uses
+cannot be trained through. The same network in torch can: `IdentityLoss` (models/identity.py) uses
 it to ask the super-resolution model for faces whose descriptor matches the high-resolution
 face's. The weights are read from `dlib_face_recognition_resnet_model_v1.dat` (the
 `face-recognition-models` package, installed with the `[recognition]` extra); nothing downloads.
@@ -40,10 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.errors import UserError
-from pipeline.recognition import dlib_models_dir
+from pipeline.recognition import RECOGNITION_MODEL, DlibEmbedder, dlib_models_dir
 
-MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-INPUT_SIZE = 150
+INPUT_SIZE = DlibEmbedder.input_size  # the chip's side
 # (channels, blocks, first block down-samples), input side to output side
 LEVELS = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
 
@@ -54,7 +53,7 @@ class DatFormatError(UserError, ValueError):
 
 def default_model_path() -> Path:
     """dlib's face-recognition model file inside the installed face-recognition-models package."""
-    return dlib_models_dir() / MODEL_FILE
+    return dlib_models_dir() / RECOGNITION_MODEL
 
 
 class _Reader:

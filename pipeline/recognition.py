@@ -297,6 +297,7 @@ class GalleryMatcher:
 # -- dlib ---------------------------------------------------------------------------------------
 
 _INSTALL_HINT = "face recognition needs dlib: pip install -e .[recognition]"
+RECOGNITION_MODEL = "dlib_face_recognition_resnet_model_v1.dat"  # in face_recognition_models' models folder
 
 
 def dlib_models_dir() -> Path:
@@ -354,7 +355,7 @@ class DlibEmbedder(Embedder):
         except ImportError:
             raise PipelineError(f"dlib is not installed; {_INSTALL_HINT}") from None
         models = Path(model_dir) if model_dir is not None else dlib_models_dir()
-        rec = models / "dlib_face_recognition_resnet_model_v1.dat"
+        rec = models / RECOGNITION_MODEL
         shape = models / "shape_predictor_5_face_landmarks.dat"
         for path in (rec, shape):
             if not path.is_file():
@@ -371,8 +372,11 @@ class DlibEmbedder(Embedder):
         if not self.realign:
             return cv2.resize(rgb, (150, 150), interpolation=cv2.INTER_AREA
                               if min(rgb.shape[:2]) > 150 else cv2.INTER_CUBIC)
-        rgb, shape = self._landmarks(rgb)
-        return self._dlib.get_face_chip(rgb, shape, size=150, padding=0.25)
+        return self._cut(*self._landmarks(rgb))
+
+    def _cut(self, rgb: np.ndarray, shape: Any) -> np.ndarray:
+        """dlib's chip of an RGB image given its 5 landmarks."""
+        return self._dlib.get_face_chip(rgb, shape, size=self.input_size, padding=0.25)
 
     def _landmarks(self, rgb: np.ndarray) -> tuple[np.ndarray, Any]:
         """The face as the landmark model sees it (at least 160 px) and dlib's 5 points on it."""
@@ -402,7 +406,7 @@ class DlibEmbedder(Embedder):
         h, w = rgb.shape[:2]
         ys, xs = np.mgrid[0:h, 0:w]
         ramp = np.dstack([xs * 255.0 / (w - 1), ys * 255.0 / (h - 1), np.full((h, w), 200.0)])
-        chip = self._dlib.get_face_chip(np.rint(ramp).astype(np.uint8), shape, size=150, padding=0.25)
+        chip = self._cut(np.rint(ramp).astype(np.uint8), shape)
         inside = chip[:, :, 2] == 200  # border pixels blend with dlib's zero fill
         v, u = np.nonzero(inside)
         # + 0.5: dlib truncates its interpolated values to integers (measured: 0.3 px otherwise)
@@ -441,7 +445,7 @@ class DlibEmbedder(Embedder):
             return None
         rgb = np.ascontiguousarray(_check_face(photo)[:, :, ::-1])
         rect = self._dlib.rectangle(int(box[0]), int(box[1]), int(box[2]) - 1, int(box[3]) - 1)
-        chip = self._dlib.get_face_chip(rgb, self._shape(rgb, rect), size=150, padding=0.25)
+        chip = self._cut(rgb, self._shape(rgb, rect))
         return np.ascontiguousarray(chip[:, :, ::-1])
 
     def embed(self, face: np.ndarray) -> np.ndarray:

@@ -59,11 +59,11 @@ class IdentityLoss(nn.Module):
 
 def chip_transforms(images: np.ndarray, root: Path | str | None = None, names: list[str] | None = None) -> np.ndarray:
     """(N, 2, 3) affines from dlib chip pixels to each face's pixels, for N x S x S x 3 RGB faces in
-    the canonical frame; read from / written to `root/chips.npy` when `root` is given (keyed by names)."""
+    the canonical frame; read from / written to `root/chips.npy` when `root` is given (keyed by names and pixels)."""
     cache = Path(root) / CHIPS_FILE if root is not None else None
     if cache is not None and cache.is_file():
         saved = np.load(cache, allow_pickle=False)
-        if saved.shape == (len(images), 2, 3) and _names_key(names) == _read_key(cache):
+        if saved.shape == (len(images), 2, 3) and _key(images, names) == _read_key(cache):
             return saved
     from pipeline.recognition import DlibEmbedder
 
@@ -72,12 +72,15 @@ def chip_transforms(images: np.ndarray, root: Path | str | None = None, names: l
                     for img in tqdm(images, desc="chip geometry", unit="face", mininterval=5.0)])
     if cache is not None:
         np.save(cache, out.astype(np.float64))
-        cache.with_suffix(".key").write_text(_names_key(names))
+        cache.with_suffix(".key").write_text(_key(images, names))
     return out
 
 
-def _names_key(names: list[str] | None) -> str:
-    return hashlib.sha1("\n".join(names or []).encode()).hexdigest()
+def _key(images: np.ndarray, names: list[str] | None) -> str:
+    """The faces' names and pixels: a folder prepared again (another size, other crops) is measured again."""
+    digest = hashlib.sha1("\n".join(names or []).encode())
+    digest.update(np.ascontiguousarray(images).data)
+    return digest.hexdigest()
 
 
 def _read_key(cache: Path) -> str:

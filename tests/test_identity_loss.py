@@ -159,6 +159,8 @@ def test_training_with_the_identity_loss_logs_it_and_caches_the_chips(tmp_path):
     np.save(root / CHIPS_FILE, np.zeros_like(cached))  # a marker: the cache is read when it is this set's
     assert not chip_transforms(faces.images, root, faces.names).any()
     assert np.allclose(chip_transforms(faces.images, root, faces.names[::-1]), cached)  # another set: measured
+    np.save(root / CHIPS_FILE, np.zeros_like(cached))
+    assert chip_transforms(faces.images[:, ::-1].copy(), root, faces.names[::-1]).any()  # same names, other pixels
     # what a GPU lease carries: the folder with its geometry and the network, trained from without dlib's file
     pack_for_identity(root)
     assert np.allclose(np.load(root / CHIPS_FILE), cached)

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         summary = runner.run()
     if runner.multi:
         return report_cameras(summary, out_dir)
-    lost = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in summary["faces_not_written"].items() if n)
+    lost = not_written(summary)
     print(f"{summary['frames_processed']} frames, {summary['faces_detected']} faces detected, "
           f"{summary['faces_written']} faces in {summary['tracks']} tracks written to {out_dir} "
           f"{f'(not written: {lost}) ' if lost else ''}({summary['fps']} fps); open {out_dir / 'index.html'}")
@@ -114,6 +114,17 @@ def cluster_runner(address: str, cameras: list, out_dir: Path):
     except ImportError as exc:
         raise ConfigError(f"--cluster needs Ray ({exc}): pip install -e .[cluster]") from None
     return ClusterRunner(cameras[0].config, cameras, out_dir, address=address)
+
+
+def not_written(summary: dict) -> str:
+    """Why detected faces were not written, for the end-of-run line: each reason with a count, and the faces
+    a stop left unenhanced (SIGINT / SIGTERM while the enhancer had a backlog), which summary.json counts apart.
+
+    >>> not_written({"faces_not_written": {"too_small": 3, "below_score": 0}, "faces_skipped_at_stop": 2})
+    '3 too small, 2 skipped at stop'
+    """
+    counts = {**summary["faces_not_written"], "skipped_at_stop": summary.get("faces_skipped_at_stop", 0)}
+    return ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in counts.items() if n)
 
 
 def report_cameras(summary: dict, out_dir: Path) -> int:

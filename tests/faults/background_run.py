@@ -18,18 +18,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class Run:
-    """`run_stream.py` in the background, as a user starts it; stderr goes to a file read while it runs."""
+    """`run_stream.py` in the background, as a user starts it; stdout and stderr go to files read while it runs."""
 
     def __init__(self, source: Path | str, out: Path, *args: str) -> None:
-        self.out, self.log = out, out.with_suffix(".stderr")
-        with open(self.log, "w") as stderr:
+        self.out, self.log, self.out_log = out, out.with_suffix(".stderr"), out.with_suffix(".stdout")
+        with open(self.log, "w") as stderr, open(self.out_log, "w") as stdout:
             self.proc = subprocess.Popen([sys.executable, str(ROOT / "run_stream.py"), "--source", str(source),
-                                          "--out", str(out), "-q", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                         stderr=stderr)
+                                          "--out", str(out), "-q", *args], cwd=ROOT, stdout=stdout, stderr=stderr)
 
     @property
     def stderr(self) -> str:
         return self.log.read_text()
+
+    @property
+    def stdout(self) -> str:
+        return self.out_log.read_text()
 
     def wait_for(self, predicate, what: str, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout

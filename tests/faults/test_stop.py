@@ -30,6 +30,7 @@ def test_a_stop_request_ends_the_run_within_seconds(long_face_clip: Path, tmp_pa
     assert summary["frames_processed"] < summary["frames_expected"], "the reading stopped"
     # ARASFSR on a CPU is far slower than detection: the queued backlog was skipped, and counted
     assert summary["faces_skipped_at_stop"] > 0
+    assert f"{summary['faces_skipped_at_stop']} skipped at stop" in run.stdout, "the end-of-run line says so too"
     assert (out / "index.html").is_file() and not (out / ".lock").exists()
     ends = {r["track_id"] for r in map(json.loads, (out / "tracks.jsonl").read_text().splitlines())
             if r["type"] == "track_end"}

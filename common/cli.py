@@ -7,9 +7,11 @@ EXIT_USER_ERROR, never a traceback (a traceback means a bug).
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from common.errors import UserError
 from common.redact import mask_secrets
@@ -33,6 +35,33 @@ def interrupt() -> None:
     storage); `run` still reports that as the interruption it is, not as a bug."""
     _interrupted.set()
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back for a few statements that must not be cut in two (a lock file created but
+    its holder not yet recorded, so nothing would remove it): a signal that comes meanwhile is only noted, and
+    raised again when the block ends, where the command's own handler (or Python's Ctrl-C) then acts on it.
+
+    Python runs signal handlers in the main thread only, so only its statements can be cut; elsewhere this
+    holds nothing back.
+
+    >>> with signals_deferred():
+    ...     pass  # e.g. create a file and record that we hold it
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, _frame: came.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        for s in came:
+            signal.raise_signal(s)
 
 
 def run(work: Callable[[], int | None]) -> int:

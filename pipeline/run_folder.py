@@ -48,6 +48,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from common.cli import signals_deferred
 from pipeline.errors import PipelineError, SinkError
 from pipeline.files import is_temporary
 from pipeline.records import EnhancedFace, TrackEnd
@@ -495,8 +496,11 @@ class RunFolder:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise SinkError(f"cannot write {self.path}: {e.strerror or e}") from None
-        self._lock()
         try:
+            # A Ctrl-C between creating .lock and recording it would leave the file behind: held back until
+            # the lock is ours, it then raises here and close() removes the file.
+            with signals_deferred():
+                self._lock()
             self._take_over_previous_run()
         except BaseException:
             self.close()
@@ -505,12 +509,13 @@ class RunFolder:
 
     def close(self) -> None:
         """Release the lock and remove the lock file (idempotent)."""
-        if self._lock_fd is None:
-            return
-        # Unlinked while still locked: a run waiting on this file notices the change (see _lock).
-        (self.path / LOCK_FILE).unlink(missing_ok=True)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        with signals_deferred():
+            if self._lock_fd is None:
+                return
+            # Unlinked while still locked: a run waiting on this file notices the change (see _lock).
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> RunFolder:
         return self.open()

@@ -6,12 +6,14 @@ import errno
 import json
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from common.cli import signals_deferred
 from pipeline import sinks
 from pipeline.errors import PipelineError, SinkError
 from pipeline.records import AlignedFace, Detection, EnhancedFace, TrackEnd
@@ -276,6 +278,39 @@ def test_a_stale_lock_file_does_not_block(tmp_path: Path) -> None:
     (tmp_path / ".lock").write_text("999999\n")  # left by a killed run: the kernel released its lock
     with RunFolder(tmp_path):
         assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_ctrl_c_while_the_lock_is_taken_leaves_no_lock_file(tmp_path: Path, monkeypatch) -> None:
+    """The signal comes after .lock is created but before the holder is recorded (what a Ctrl-C at start-up
+    met on a loaded machine): it still ends the open, and the file goes with it."""
+    truncate, steps = os.ftruncate, []
+
+    def ctrl_c_then_truncate(fd: int, length: int) -> None:
+        signal.raise_signal(signal.SIGINT)  # Python's own Ctrl-C handler: KeyboardInterrupt
+        steps.append("truncated")  # the interrupt waits for the lock to be recorded
+        truncate(fd, length)
+
+    monkeypatch.setattr(os, "ftruncate", ctrl_c_then_truncate)
+    with pytest.raises(KeyboardInterrupt):
+        RunFolder(tmp_path).open()
+    monkeypatch.undo()
+    assert steps == ["truncated"] and not (tmp_path / ".lock").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    with RunFolder(tmp_path):  # and the folder is free
+        pass
+
+
+def test_signals_deferred_delivers_after_the_block_to_the_handler_in_place() -> None:
+    came: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda s, f: came.append("handled"))
+    try:
+        with signals_deferred():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            came.append("block ended")
+        assert came == ["block ended", "handled", "handled"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def previous_run(folder: Path) -> None:

@@ -290,12 +290,16 @@ def test_ctrl_c_while_the_lock_is_taken_leaves_no_lock_file(tmp_path: Path, monk
         steps.append("truncated")  # the interrupt waits for the lock to be recorded
         truncate(fd, length)
 
-    monkeypatch.setattr(os, "ftruncate", ctrl_c_then_truncate)
-    with pytest.raises(KeyboardInterrupt):
-        RunFolder(tmp_path).open()
-    monkeypatch.undo()
-    assert steps == ["truncated"] and not (tmp_path / ".lock").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # not what an earlier test left
+    try:
+        monkeypatch.setattr(os, "ftruncate", ctrl_c_then_truncate)
+        with pytest.raises(KeyboardInterrupt):
+            RunFolder(tmp_path).open()
+        monkeypatch.undo()
+        assert steps == ["truncated"] and not (tmp_path / ".lock").exists()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+    finally:
+        signal.signal(signal.SIGINT, previous)
     with RunFolder(tmp_path):  # and the folder is free
         pass
 

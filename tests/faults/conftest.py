@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,7 +20,13 @@ def run_cli(capsys) -> Callable[..., tuple[int, str, str]]:
     import run_stream
 
     def run(*args: str) -> tuple[int, str, str]:
-        code = run_stream.main([str(a) for a in args])
+        # main installs its stop handlers for the run; a Ctrl-C (or a later test's signal) must not reach them
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = run_stream.main([str(a) for a in args])
+        finally:
+            for s, handler in handlers.items():
+                signal.signal(s, handler)
         out, err = capsys.readouterr()
         return code, out, err
 
